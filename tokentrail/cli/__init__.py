@@ -1,0 +1,35 @@
+"""Command-line entry point: errors become one line on stderr, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+from tokentrail.cli import info, ingest  # noqa: F401 (registers the commands)
+from tokentrail.cli.app import app
+from tokentrail.errors import TokentrailError
+
+# Exit codes: 2 for a problem the operator can fix (input, settings, broker), 70 for a bug.
+EXIT_USAGE = 2
+EXIT_INTERNAL = 70
+
+
+def main() -> None:
+    """Run the `tokentrail` command."""
+    try:
+        app()
+    except TokentrailError as exc:
+        print(f"tokentrail: error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("TOKENTRAIL_DEBUG"):
+            traceback.print_exc()
+        print(
+            f"tokentrail: internal error: {type(exc).__name__}: {exc}"
+            " (set TOKENTRAIL_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        sys.exit(EXIT_INTERNAL)

@@ -1,0 +1,154 @@
+"""`tokentrail ingest`: files, stdin or a Kafka topic into the store."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from tokentrail.batch import Batch
+from tokentrail.cli.app import DbOption, app, err, settings
+from tokentrail.errors import TokentrailError
+from tokentrail.ingest.files import RecordFile
+from tokentrail.ingest.kafka import KafkaIngest
+from tokentrail.ingest.pipeline import Pipeline, Totals
+from tokentrail.store import Store
+
+
+class InputFormat(StrEnum):
+    auto = "auto"
+    events = "events"
+
+
+@app.command()
+def ingest(
+    files: Annotated[
+        list[str] | None,
+        typer.Argument(help="JSON lines or JSON array files, gzipped or not; `-` for stdin."),
+    ] = None,
+    db: DbOption = Path("tokentrail.duckdb"),
+    fmt: Annotated[
+        InputFormat, typer.Option("--format", help="Input format; auto detects it.")
+    ] = InputFormat.auto,
+    kafka: Annotated[
+        str | None, typer.Option("--kafka", help="Consume from this broker (HOST:PORT).")
+    ] = None,
+    topic: Annotated[str | None, typer.Option("--topic", help="Topic to consume.")] = None,
+    group: Annotated[str, typer.Option("--group", help="Consumer group id.")] = "tokentrail",
+    idle_exit: Annotated[
+        float | None,
+        typer.Option("--idle-exit", help="Exit after this many seconds with no new message."),
+    ] = None,
+    no_detect: Annotated[
+        bool, typer.Option("--no-detect", help="Store events without running detectors.")
+    ] = False,
+) -> None:
+    """Validate events and store them; bad records go to the dead-letter table.
+
+    Examples:
+      tokentrail ingest events.jsonl.gz --db audit.duckdb
+      tokentrail ingest --kafka 127.0.0.1:9092 --topic api-calls --group tt --db audit.duckdb
+    """
+    if bool(files) == bool(kafka):
+        raise TokentrailError("give either FILES or --kafka HOST:PORT --topic T")
+    if kafka and not topic:
+        raise TokentrailError("--kafka needs --topic")
+    cfg = settings()
+    with Store.open(db) as store:
+        pipeline = Pipeline(store, cfg)
+        if kafka and topic:
+            _ingest_kafka(pipeline, kafka, topic, group, idle_exit)
+            origin = f"{kafka}/{topic}"
+        else:
+            for name in files or []:
+                _ingest_file(pipeline, name, cfg.file_batch_size)
+            origin = ", ".join(files or [])
+    _summary(pipeline.totals, origin)
+
+
+def _ingest_file(pipeline: Pipeline, name: str, batch_size: int) -> None:
+    source = RecordFile(name)
+    batch = Batch(source.kind, name)
+    with _file_progress(source) as advance:
+        for position, raw in source.records():
+            pipeline.feed(batch, raw, None, position)
+            if len(batch) >= batch_size:
+                pipeline.write(batch)
+                batch = Batch(source.kind, name)
+                advance()
+        if len(batch):
+            pipeline.write(batch)
+        advance()
+
+
+@contextmanager
+def _file_progress(source: RecordFile) -> Iterator[Callable[[], None]]:
+    """A progress bar on a terminal (by bytes read); nothing when stderr is piped."""
+    if not err.is_terminal or source.size is None:
+        yield lambda: None
+        return
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err, transient=True) as progress:
+        task = progress.add_task(Path(source.name).name, total=source.size)
+        yield lambda: progress.update(task, completed=source.consumed())
+
+
+def _ingest_kafka(
+    pipeline: Pipeline, bootstrap: str, topic: str, group: str, idle_exit: float | None
+) -> None:
+    source = KafkaIngest(
+        pipeline, bootstrap=bootstrap, topic=topic, group=group, settings=pipeline.settings.kafka
+    )
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        source.stop_requested.set()
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    started = time.monotonic()
+
+    def show(batch: Batch) -> None:
+        if err.is_terminal:
+            rate = pipeline.totals.read / max(time.monotonic() - started, 1e-6)
+            err.print(
+                f"{pipeline.totals.read:,} read, {pipeline.totals.stored:,} stored,"
+                f" {pipeline.totals.dead_letters:,} dead letters ({rate:,.0f}/s)",
+                end="\r",
+            )
+
+    try:
+        source.run(idle_exit=idle_exit, on_batch=show)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _summary(totals: Totals, origin: str) -> None:
+    reasons = ", ".join(f"{n:,} {r}" for r, n in sorted(totals.reasons.items()))
+    err.print(
+        f"ingested {totals.read:,} records from {origin}: {totals.stored:,} stored,"
+        f" {totals.duplicates:,} duplicates skipped, {totals.dead_letters:,} dead-lettered"
+        + (f" ({reasons})" if reasons else ""),
+        highlight=False,
+        markup=False,
+    )

@@ -1,0 +1,1 @@
+"""sinks (later issues)."""

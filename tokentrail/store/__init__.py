@@ -1,0 +1,238 @@
+"""All SQL lives here: the DuckDB file, its migrations, batch writes and the queries on top.
+
+One process owns a DuckDB file for writing. Each batch (its events, dead letters, derived rows and
+Kafka offsets) is written in a single transaction, so a crash at any point loses nothing and
+stores nothing twice.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import duckdb
+
+from tokentrail.batch import EVENT_COLUMNS, Batch
+from tokentrail.errors import StoreError
+from tokentrail.store.derived import merge_derived
+from tokentrail.store.migrations import LATEST, current_version, migrate
+
+__all__ = ["BatchResult", "Store"]
+
+_EVENT_NAMES: Final = ", ".join(name for name, _ in EVENT_COLUMNS)
+
+# What must agree between two copies of one event_id for the second to be a harmless retry.
+_SAME_EVENT: Final = ("ts", "token_id", "identity", "source", "target", "operation", "outcome")
+
+
+def _key(alias: str) -> str:
+    return "(" + ", ".join(f"{alias}.{column}" for column in _SAME_EVENT) + ")"
+
+
+# Incoming events, each against its earlier copy: the stored one, or the first in the batch.
+_STAGE: Final = f"""
+CREATE OR REPLACE TEMP TABLE staged AS
+SELECT b.*,
+       s.event_id IS NOT NULL AS stored_before,
+       row_number() OVER (PARTITION BY b.event_id ORDER BY b.seq) AS copy,
+       CASE WHEN s.event_id IS NOT NULL THEN {_key("s")}
+            ELSE first_value({_key("b")}) OVER (PARTITION BY b.event_id ORDER BY b.seq)
+       END IS DISTINCT FROM {_key("b")} AS conflicting
+FROM batch_events b LEFT JOIN events s ON s.event_id = b.event_id
+"""
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What a batch write did: events stored, identical retries dropped, conflicts dead-lettered."""
+
+    stored: int
+    duplicates: int
+    conflicts: int
+    dead_letters: int
+
+
+class Store:
+    """A tokentrail DuckDB file, migrated to the current schema on open."""
+
+    def __init__(self, conn: duckdb.DuckDBPyConnection, path: str) -> None:
+        self.conn = conn
+        self.path = path
+
+    @classmethod
+    def open(cls, path: str | Path, *, read_only: bool = False) -> Store:
+        """Open (creating and migrating if needed) the DuckDB file at `path`.
+
+        >>> store = Store.open(":memory:")
+        >>> store.stats()["events"]
+        0
+        """
+        target = str(path)
+        if target != ":memory:":
+            parent = Path(target).parent
+            if not parent.is_dir():
+                raise StoreError(f"cannot open {target}: folder {parent} does not exist")
+        try:
+            conn = duckdb.connect(target, read_only=read_only)
+        except duckdb.Error as exc:
+            raise StoreError(f"cannot open {target}: {_first_line(exc)}") from None
+        store = cls(conn, target)
+        if read_only:
+            if current_version(conn) > LATEST:
+                raise StoreError(f"{target} was written by a newer tokentrail")
+            return store
+        try:
+            version = current_version(conn)
+            if version > LATEST:
+                raise StoreError(
+                    f"{target} has schema version {version}; this tokentrail knows {LATEST}"
+                )
+            migrate(conn)
+            conn.execute(
+                "INSERT INTO meta VALUES ('secret_salt', ?) ON CONFLICT DO NOTHING",
+                [secrets.token_hex(32)],
+            )
+        except duckdb.Error as exc:
+            conn.close()
+            raise StoreError(f"cannot prepare {target}: {_first_line(exc)}") from None
+        return store
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def version(self) -> int:
+        return current_version(self.conn)
+
+    def salt(self) -> bytes:
+        """The per-database key that hashes raw secrets found in `token_id`."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'secret_salt'").fetchone()
+        if row is None:
+            raise StoreError(f"{self.path} has no secret salt; it was not created by tokentrail")
+        return bytes.fromhex(row[0])
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self.conn.begin()
+        try:
+            yield
+        except BaseException:
+            self.conn.rollback()
+            raise
+        self.conn.commit()
+
+    def write_batch(self, batch: Batch) -> BatchResult:
+        """Store a batch: events (deduplicated by `event_id`), derived rows, dead letters, offsets.
+
+        A second copy of an event is dropped when it matches the stored one (a producer retry)
+        and dead-lettered when it does not (same id, different content: a bug or tampering).
+        """
+        try:
+            with self._transaction():
+                return self._write_batch(batch)
+        except duckdb.Error as exc:
+            raise StoreError(f"cannot write to {self.path}: {_first_line(exc)}") from None
+
+    def _write_batch(self, batch: Batch) -> BatchResult:
+        conn = self.conn
+        stored = duplicates = 0
+        if batch.events:
+            conn.register("batch_events", batch.events_table())
+            try:
+                conn.execute(_STAGE)
+            finally:
+                conn.unregister("batch_events")
+            conn.execute(
+                "CREATE OR REPLACE TEMP VIEW new_events AS SELECT * EXCLUDE (seq, stored_before,"
+                " copy, conflicting) FROM staged WHERE NOT stored_before AND copy = 1"
+            )
+            conn.execute(
+                f"INSERT INTO events ({_EVENT_NAMES}, ingested_at)"
+                f" SELECT {_EVENT_NAMES}, now() FROM new_events"
+            )
+            merge_derived(conn, new_events="new_events")
+            counts = conn.execute(
+                "SELECT count(*) FILTER (WHERE NOT stored_before AND copy = 1),"
+                " count(*) FILTER (WHERE (stored_before OR copy > 1) AND NOT conflicting)"
+                " FROM staged"
+            ).fetchone()
+            assert counts is not None
+            stored, duplicates = int(counts[0]), int(counts[1])
+            conflicts = conn.execute(
+                "SELECT seq, event_id FROM staged WHERE (stored_before OR copy > 1) AND conflicting"
+                " ORDER BY seq"
+            ).fetchall()
+            for seq, event_id in conflicts:
+                batch.reject(
+                    f"conflicting duplicate: event_id {event_id!r} was already stored"
+                    " with different content",
+                    batch.raws[seq],
+                    batch.partitions[seq],
+                    batch.positions[seq],
+                )
+            conn.execute("DROP VIEW new_events")
+            conn.execute("DROP TABLE staged")
+        else:
+            conflicts = []
+        if batch.dead_letters:
+            conn.register("batch_dead", batch.dead_letters_table())
+            try:
+                conn.execute(
+                    "INSERT INTO dead_letters SELECT now(), origin_kind, origin_name, partition,"
+                    " position, reason, raw FROM batch_dead"
+                )
+            finally:
+                conn.unregister("batch_dead")
+        if batch.offsets:
+            conn.executemany(
+                "INSERT INTO ingest_offsets VALUES (?, ?, ?, now())"
+                " ON CONFLICT DO UPDATE SET next_offset = EXCLUDED.next_offset,"
+                " updated_at = EXCLUDED.updated_at",
+                [[batch.name, p, o] for p, o in sorted(batch.offsets.items())],
+            )
+        return BatchResult(stored, duplicates, len(conflicts), len(batch.dead_letters))
+
+    def stored_offsets(self, *, topic: str) -> dict[int, int]:
+        """Partition -> next offset to read, as last committed with the data it carried."""
+        rows = self.conn.execute(
+            "SELECT partition, next_offset FROM ingest_offsets WHERE topic = ?", [topic]
+        ).fetchall()
+        return {int(p): int(o) for p, o in rows}
+
+    def stats(self) -> dict[str, int]:
+        """Row counts of the main tables (`alerts` is 0 until a detector has written any)."""
+        tables = {
+            row[0]
+            for row in self.conn.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()"
+            ).fetchall()
+        }
+        counts: dict[str, int] = {}
+        for table in ("events", "dead_letters", "tokens", "token_edges", "alerts"):
+            if table in tables:
+                row = self.conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+                counts[table] = int(row[0]) if row else 0
+            else:
+                counts[table] = 0
+        return counts
+
+    def dead_letter_reasons(self) -> list[tuple[str, int]]:
+        """Dead letters grouped by reason, most frequent first."""
+        rows = self.conn.execute(
+            "SELECT reason, count(*) AS n FROM dead_letters GROUP BY reason ORDER BY n DESC, reason"
+        ).fetchall()
+        return [(str(r), int(n)) for r, n in rows]
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
