@@ -27,10 +27,12 @@ class KafkaSettings(BaseModel):
     fetch_max_bytes: int = Field(default=64 << 20, ge=1 << 20)
     max_partition_fetch_bytes: int = Field(default=16 << 20, ge=1 << 20)
     # Short sessions make group joins and failover take seconds rather than half a minute.
-    session_timeout_ms: int = Field(default=10_000, ge=1000)
-    heartbeat_interval_ms: int = Field(default=3_000, ge=100)
+    session_timeout_ms: int = Field(default=6_000, ge=1000)
+    heartbeat_interval_ms: int = Field(default=2_000, ge=100)
     # How long to keep trying an unreachable broker before giving up with an error.
     connect_timeout_s: float = Field(default=30.0, gt=0)
+    # How long to wait for the group to assign a partition before calling the topic missing.
+    join_timeout_s: float = Field(default=120.0, gt=0)
 
 
 class Settings(BaseSettings):

@@ -1,10 +1,15 @@
 """Consuming a Kafka topic in a consumer group with exactly-once storage.
 
 The DuckDB file, not Kafka, is the source of truth for progress: each batch's next offsets are
-written in the same transaction as its events. On every partition assignment the consumer seeks
-to the larger of the stored offset and the group's committed offset (the latter covers a
-partition that another worker, with its own file, advanced meanwhile). The group offset is
-committed only after the data is stored, so it never runs ahead of it.
+written in the same transaction as its events. The group offset is committed to Kafka only after
+the data is stored, so it never runs ahead of it, and it tells other workers (each with its own
+file) where a partition they take over stands.
+
+On every assignment the consumer resumes each partition from the larger of the two: Kafka starts
+it at the group offset, and where the store is further ahead (a crash between the DuckDB commit
+and the group commit) the consumer seeks forward and drops any record below the stored offset.
+kafka-python runs rebalance listeners on its IO thread, where blocking calls are not allowed, so
+the listener only notes the partitions and the main loop does the rest.
 
 Each poll's records are written before the next poll, so no records are held in memory when a
 rebalance revokes their partition.
@@ -12,6 +17,7 @@ rebalance revokes their partition.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 import time
@@ -31,8 +37,8 @@ from tokentrail.ingest.pipeline import Pipeline
 log = logging.getLogger(__name__)
 
 
-class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
-    """On assignment, resume each partition from what the store says was stored."""
+class _NoteAssignments(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Hands newly assigned partitions to the main loop (runs on kafka-python's IO thread)."""
 
     def __init__(self, source: KafkaIngest) -> None:
         self._source = source
@@ -41,14 +47,10 @@ class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
 
     def on_partitions_assigned(self, assigned: Any) -> None:
-        source = self._source
-        stored = source.pipeline.store.stored_offsets(topic=source.topic)
-        for tp in assigned:
-            if tp.partition not in stored:
-                continue  # nothing stored here: the group offset (or earliest) applies
-            committed = source.consumer.committed(tp) or 0
-            source.consumer.seek(tp, max(stored[tp.partition], committed))
-        log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
+        partitions = {tp.partition for tp in assigned}
+        with self._source.lock:
+            self._source.newly_assigned |= partitions
+        log.info("partitions assigned: %s", sorted(partitions))
 
 
 class KafkaIngest:
@@ -67,8 +69,15 @@ class KafkaIngest:
         self.topic = topic
         self.settings = settings
         self.stop_requested = threading.Event()
+        # The idle clock runs from the last message or assignment: joining a group takes time.
+        self.last_activity = time.monotonic()
+        self.ever_assigned = False
+        self.lock = threading.Lock()
+        self.newly_assigned: set[int] = set()
+        # Partition -> next offset known to be stored; records below it are skipped.
+        self.floor: dict[int, int] = {}
         self.consumer = _connect(bootstrap, group, settings)
-        self.consumer.subscribe(topics=[topic], listener=_SeekToStored(self))
+        self.consumer.subscribe(topics=[topic], listener=_NoteAssignments(self))
 
     def run(
         self,
@@ -78,19 +87,32 @@ class KafkaIngest:
     ) -> None:
         """Consume until `stop_requested` is set, or `idle_exit` seconds pass with no message."""
         timeout_ms = self.settings.poll_timeout_ms
-        last_message = time.monotonic()
+        join_deadline = time.monotonic() + self.settings.join_timeout_s
         try:
             while not self.stop_requested.is_set():
                 polled = self.consumer.poll(
                     timeout_ms=timeout_ms, max_records=self.settings.max_poll_records
                 )
+                with self.lock:
+                    assigned, self.newly_assigned = self.newly_assigned, set()
+                if assigned:
+                    self._resume(assigned)
                 if not polled:
-                    if idle_exit is not None and time.monotonic() - last_message >= idle_exit:
+                    if not self.ever_assigned and time.monotonic() > join_deadline:
+                        raise SourceError(
+                            f"no partition of topic {self.topic!r} was assigned within"
+                            f" {self.settings.join_timeout_s:g} s (does the topic exist?)"
+                        )
+                    idle = time.monotonic() - self.last_activity
+                    if idle_exit is not None and self.ever_assigned and idle >= idle_exit:
                         return
                     continue
-                last_message = time.monotonic()
+                self.last_activity = time.monotonic()
                 batch = self._batch(polled)
+                if not len(batch):
+                    continue
                 self.pipeline.write(batch)
+                self.floor.update(batch.offsets)
                 self._commit_group(batch)
                 if on_batch is not None:
                     on_batch(batch)
@@ -99,11 +121,30 @@ class KafkaIngest:
         finally:
             self.consumer.close(autocommit=False)
 
+    def _resume(self, partitions: set[int]) -> None:
+        """Start newly assigned partitions where the store says, when it is ahead of the group."""
+        self.last_activity = time.monotonic()
+        self.ever_assigned = True
+        stored = self.pipeline.store.stored_offsets(topic=self.topic)
+        for partition in partitions:
+            if partition not in stored:
+                continue
+            self.floor[partition] = stored[partition]
+            tp = TopicPartition(self.topic, partition)
+            if self.consumer.position(tp) < stored[partition]:
+                self.consumer.seek(tp, stored[partition])
+
     def _batch(self, polled: dict[Any, list[Any]]) -> Batch:
         batch = Batch("kafka", self.topic)
         feed = self.pipeline.feed
         for tp, records in polled.items():
             partition = tp.partition
+            floor = self.floor.get(partition)
+            if floor is not None and records[0].offset < floor:
+                # Already stored (fetched before the seek to the stored offset took effect).
+                records = records[bisect.bisect_left(records, floor, key=lambda r: r.offset) :]
+                if not records:
+                    continue
             for record in records:
                 feed(batch, record.value or b"", partition, record.offset)
             batch.offsets[partition] = records[-1].offset + 1
