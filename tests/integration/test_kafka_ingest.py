@@ -199,3 +199,15 @@ def test_bad_messages_are_dead_lettered_with_topic_partition_offset(
     assert len(letters) == len(expected)
     for (*_, reason), start in zip(letters, expected, strict=True):
         assert reason.startswith(start)
+
+
+def test_an_unreachable_broker_is_one_clear_error(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [TOKENTRAIL, "ingest", "--kafka", f"127.0.0.1:{free_port()}", "--topic", "t",
+         "--db", str(tmp_path / "t.duckdb")],
+        capture_output=True, text=True, timeout=60, check=False,
+        env=os.environ | {"TOKENTRAIL_KAFKA__CONNECT_TIMEOUT_S": "2"},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.startswith("tokentrail: error: no Kafka broker reachable at 127.0.0.1:")
+    assert result.stderr.count("\n") == 1

@@ -17,13 +17,21 @@ EXIT_INTERNAL = 70
 
 def main() -> None:
     """Run the `tokentrail` command."""
+    # Exit outside the handler, once the exception and the frames it holds are released:
+    # DuckDB's bindings report objects still alive at interpreter exit as leaks.
+    sys.exit(_run())
+
+
+def _run() -> int:
     try:
         app()
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else 0 if done.code is None else 1
     except TokentrailError as exc:
         print(f"tokentrail: error: {exc}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        sys.exit(130)
+        return 130
     except Exception as exc:
         if os.environ.get("TOKENTRAIL_DEBUG"):
             traceback.print_exc()
@@ -32,4 +40,5 @@ def main() -> None:
             " (set TOKENTRAIL_DEBUG=1 for the traceback)",
             file=sys.stderr,
         )
-        sys.exit(EXIT_INTERNAL)
+        return EXIT_INTERNAL
+    return 0

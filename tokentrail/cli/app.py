@@ -69,3 +69,5 @@ def _root(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # kafka-python logs every refused connection as an error; tokentrail reports what matters.
+    logging.getLogger("kafka").setLevel(logging.INFO if verbose else logging.CRITICAL)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -163,7 +164,33 @@ class KafkaIngest:
             log.warning("group offset commit failed (data is stored): %s", exc)
 
 
+def _await_reachable(bootstrap: str, timeout_s: float) -> None:
+    """Wait until some bootstrap address accepts TCP connections, or fail with one line.
+
+    Checked before kafka-python starts its IO thread, which it cannot stop again when its own
+    bootstrap fails.
+    """
+    addresses = []
+    for part in bootstrap.split(","):
+        host, _, port = part.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise SourceError(f"bad Kafka address {part.strip()!r}: expected HOST:PORT")
+        addresses.append((host.strip("[]"), int(port)))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for address in addresses:
+            try:
+                socket.create_connection(address, timeout=1.0).close()
+                return
+            except OSError:
+                pass
+        if time.monotonic() >= deadline:
+            raise SourceError(f"no Kafka broker reachable at {bootstrap} after {timeout_s:g} s")
+        time.sleep(0.5)
+
+
 def _connect(bootstrap: str, group: str, settings: KafkaSettings) -> KafkaConsumer:
+    _await_reachable(bootstrap, settings.connect_timeout_s)
     try:
         return KafkaConsumer(
             bootstrap_servers=bootstrap,
