@@ -53,13 +53,19 @@ def test_epoch_milliseconds_and_rfc3339_give_the_same_instant() -> None:
             encode({k: v for k, v in call().items() if k != "token_id"}),
             "invalid event: Object missing required field `token_id`",
         ),
-        (encode(call(identity="")), "invalid event: Expected `str` of length >= 1 - at `$.identity`"),
+        (
+            encode(call(identity="")),
+            "invalid event: Expected `str` of length >= 1 - at `$.identity`",
+        ),
         (
             encode(call(target="   ")),
             "invalid event: Expected `str` matching regex '\\\\S' - at `$.target`",
         ),
         (encode(call(source=42)), "invalid event: Expected `str`, got `int` - at `$.source`"),
-        (encode(call(outcome="maybe")), "invalid event: Invalid enum value 'maybe' - at `$.outcome`"),
+        (
+            encode(call(outcome="maybe")),
+            "invalid event: Invalid enum value 'maybe' - at `$.outcome`",
+        ),
         (
             encode(call(ts="yesterday")),
             "invalid event: Invalid RFC3339 encoded datetime - at `$.ts`",
@@ -128,9 +134,10 @@ def test_fingerprints_are_kept_as_sent(fingerprint: str) -> None:
 def test_the_hash_depends_on_the_database_salt() -> None:
     secret = "ghp_" + "z" * 36
     other = EventDecoder(salt=b"another-salt")
-    assert DECODER.decode(encode(call(token_id=secret))).token_id != other.decode(
-        encode(call(token_id=secret))
-    ).token_id
+    assert (
+        DECODER.decode(encode(call(token_id=secret))).token_id
+        != other.decode(encode(call(token_id=secret))).token_id
+    )
 
 
 # The shipped JSON Schema is what producers validate against; it must agree with the decoder.

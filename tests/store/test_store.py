@@ -38,7 +38,9 @@ def test_a_conflicting_duplicate_is_dead_lettered_with_its_bytes(store: Store) -
     [result] = ingest(store, [call(event_id="e-1", target="payments-db")])
     assert (result.stored, result.conflicts) == (0, 1)
     [(reason, raw)] = rows(store, "SELECT reason, raw FROM dead_letters")
-    assert reason == "conflicting duplicate: event_id 'e-1' was already stored with different content"
+    assert reason == (
+        "conflicting duplicate: event_id 'e-1' was already stored with different content"
+    )
     assert b"payments-db" in raw
     assert rows(store, "SELECT target FROM events") == [("ledger-api",)]
 
@@ -53,7 +55,12 @@ def test_duplicates_inside_one_batch_are_caught_too(store: Store) -> None:
 def test_bad_records_are_dead_lettered_with_reason_and_origin(store: Store) -> None:
     ingest(store, [call(), b"{oops", call(identity=7)])
     assert rows(store, "SELECT origin_kind, origin_name, position, reason FROM dead_letters") == [
-        ("file", "factory", 2, "unparsable JSON: JSON is malformed: object keys must be strings (byte 1)"),
+        (
+            "file",
+            "factory",
+            2,
+            "unparsable JSON: JSON is malformed: object keys must be strings (byte 1)",
+        ),
         ("file", "factory", 3, "invalid event: Expected `str`, got `int` - at `$.identity`"),
     ]
     assert rows(store, "SELECT count(*) FROM events") == [(1,)]
@@ -100,7 +107,10 @@ def test_token_edges_aggregate_calls_per_token_and_route(store: Store) -> None:
         "SELECT target, scope, calls, errors, bytes_out, environments FROM token_edges"
         " ORDER BY scope",
     )
-    assert got == [("db", "", 1, 0, 0, ["prod"]), ("db", "ledger:read", 2, 1, 15, ["prod", "staging"])]
+    assert got == [
+        ("db", "", 1, 0, 0, ["prod"]),
+        ("db", "ledger:read", 2, 1, 15, ["prod", "staging"]),
+    ]
 
 
 def derived_state(store: Store) -> list[list[tuple[Any, ...]]]:
@@ -108,7 +118,8 @@ def derived_state(store: Store) -> list[list[tuple[Any, ...]]]:
         rows(store, "SELECT * FROM tokens ORDER BY token_id"),
         rows(
             store,
-            "SELECT * FROM token_edges ORDER BY token_id, identity, source, target, operation, scope",
+            "SELECT * FROM token_edges"
+            " ORDER BY token_id, identity, source, target, operation, scope",
         ),
         rows(store, "SELECT * EXCLUDE (ingested_at) FROM events ORDER BY event_id"),
     ]
@@ -181,7 +192,7 @@ def test_a_newer_schema_is_refused_rather_than_damaged(tmp_path: Path) -> None:
 
 
 def test_a_missing_folder_is_one_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(StoreError, match="folder .* does not exist"):
+    with pytest.raises(StoreError, match=r"folder .* does not exist"):
         Store.open(tmp_path / "nope" / "t.duckdb")
 
 
