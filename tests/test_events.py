@@ -59,7 +59,7 @@ def test_epoch_milliseconds_and_rfc3339_give_the_same_instant() -> None:
         ),
         (
             encode(call(target="   ")),
-            "invalid event: Expected `str` matching regex '\\\\S' - at `$.target`",
+            "invalid event: `target` is blank - at `$.target`",
         ),
         (encode(call(source=42)), "invalid event: Expected `str`, got `int` - at `$.source`"),
         (

@@ -1,0 +1,248 @@
+"""Ingest throughput and memory, measured side by side with the practical limits in one run.
+
+(a) file ingest (validate + dedupe + derived tables + one transaction per batch) against DuckDB's
+    own `read_json` loading the same file with no validation at all;
+(b) Kafka end to end (consume + the same pipeline) against a bare kafka-python consume loop
+    reading the same topic;
+(c) peak RSS of a whole `tokentrail ingest` process as the input grows.
+
+    .venv/bin/python bench/ingest.py                  # 300k events, RSS at 100k and 1M
+    .venv/bin/python bench/ingest.py --events 1000000 --rss 100000,1000000,5000000
+
+Medians of --repeat runs are printed; the machine is shared, so read the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import duckdb
+import msgspec
+from kafka import KafkaConsumer, KafkaProducer
+
+from tokentrail.batch import Batch
+from tokentrail.broker import FAST_GROUP_SETTINGS, EmbeddedBroker
+from tokentrail.config import Settings
+from tokentrail.ingest.files import RecordFile
+from tokentrail.ingest.kafka import KafkaIngest
+from tokentrail.ingest.pipeline import Pipeline
+from tokentrail.ingest.replay import ingest_file
+from tokentrail.store import Store
+
+T0_MS = 1_772_442_000_000
+SERVICES = [f"svc-{i}" for i in range(60)]
+OPERATIONS = ["GET /v1/items", "POST /v1/items", "GET /v1/items/{id}", "DELETE /v1/items/{id}"]
+
+
+def events(n: int, seed: int = 1) -> Iterator[bytes]:
+    """~570-byte events: 400 workloads, each with a handful of tokens and its own few targets."""
+    rng = random.Random(seed)
+    targets = [rng.sample(SERVICES, rng.randrange(2, 7)) for _ in range(400)]
+    for i in range(n):
+        identity = rng.randrange(400)
+        source = SERVICES[identity % len(SERVICES)]
+        event = {
+            "event_id": f"bench-{seed}-{i:09d}",
+            "ts": T0_MS + i * 7,
+            # Tokens rotate: a new one per workload every ~50k events.
+            "token_id": f"tok-{identity}-{i // 50_000}-{rng.randrange(2)}",
+            "identity": f"spiffe://prod/ns/team-{identity % 20}/sa/workload-{identity}",
+            "source": source,
+            "target": rng.choice(targets[identity]),
+            "operation": rng.choice(OPERATIONS),
+            "scope": f"items:{rng.choice(['read', 'write'])}",
+            "outcome": "denied" if rng.random() < 0.01 else "success",
+            "status": 200,
+            "trace_id": f"{rng.getrandbits(128):032x}",
+            "span_id": f"{rng.getrandbits(64):016x}",
+            "parent_span_id": f"{rng.getrandbits(64):016x}",
+            "environment": "prod",
+            "identity_kind": "service",
+            "resource": f"items/{rng.randrange(100_000)}",
+            "source_ip": f"10.0.{identity % 250}.{rng.randrange(250)}",
+            "user_agent": "python-httpx/0.27.0",
+            "bytes_out": rng.randrange(100, 50_000),
+            "attributes": {"http.route": "/v1/items", "region": "eu-west-1"},
+        }
+        yield msgspec.json.encode(event)
+
+
+def write_file(path: Path, n: int) -> float:
+    with path.open("wb", buffering=1 << 20) as out:
+        for raw in events(n):
+            out.write(raw + b"\n")
+    return path.stat().st_size / n
+
+
+def timed(fn: Callable[[], object], repeat: int) -> float:
+    """Median seconds of `repeat` runs."""
+    runs = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - started)
+    return statistics.median(runs)
+
+
+def tokentrail_file(path: Path, db: Path) -> None:
+    db.unlink(missing_ok=True)
+    settings = Settings()
+    with Store.open(db) as store, Pipeline(store, settings) as pipeline:
+        source = RecordFile(str(path))
+        ingest_file(pipeline, source, fmt="events", batch_size=settings.file_batch_size)
+        assert pipeline.totals.stored > 0
+
+
+def duckdb_read_json(path: Path, db: Path) -> None:
+    db.unlink(missing_ok=True)
+    with duckdb.connect(str(db)) as conn:
+        conn.execute(
+            "CREATE TABLE raw AS SELECT * FROM read_json(?, format = 'newline_delimited')",
+            [str(path)],
+        )
+
+
+def bench_files(n: int, repeat: int, work: Path) -> None:
+    path = work / "events.jsonl"
+    size = write_file(path, n)
+    ours = timed(lambda: tokentrail_file(path, work / "tt.duckdb"), repeat)
+    theirs = timed(lambda: duckdb_read_json(path, work / "raw.duckdb"), repeat)
+    print(f"(a) file ingest, {n:,} events of {size:.0f} bytes (median of {repeat})")
+    print(f"    tokentrail ingest      {n / ours:>10,.0f} events/s")
+    print(f"    duckdb read_json       {n / theirs:>10,.0f} events/s")
+    print(f"    ratio                  {theirs / ours:>10.2f}x of DuckDB's raw load")
+
+
+def bench_kafka(n: int, repeat: int, work: Path) -> None:
+    with EmbeddedBroker() as broker:
+        ours_runs, bare_runs = [], []
+        for run in range(repeat):
+            topic = f"bench-{run}"
+            broker.create_topic(topic, partitions=3)
+            producer = KafkaProducer(
+                bootstrap_servers=broker.bootstrap, linger_ms=20, batch_size=1 << 20
+            )
+            for i, raw in enumerate(events(n, seed=run + 10)):
+                producer.send(topic, key=str(i % 400).encode(), value=raw)
+            producer.flush()
+            producer.close()
+            bare_runs.append(bare_consume(broker.bootstrap, topic, n))
+            ours_runs.append(tokentrail_consume(broker.bootstrap, topic, n, work / f"k{run}.db"))
+    ours, bare = statistics.median(ours_runs), statistics.median(bare_runs)
+    print(f"(b) Kafka end to end, {n:,} events, 3 partitions (median of {repeat})")
+    print(f"    tokentrail ingest      {ours:>10,.0f} events/s")
+    print(f"    bare kafka-python loop {bare:>10,.0f} msgs/s")
+    print(f"    ratio                  {ours / bare:>10.2f}x of the bare consume loop")
+
+
+def bare_consume(bootstrap: str, topic: str, n: int) -> float:
+    """Records/s after the first poll, reading values and doing nothing else."""
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"bare-{topic}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_poll_records=20_000,
+        fetch_max_bytes=64 << 20,
+        max_partition_fetch_bytes=16 << 20,
+        **FAST_GROUP_SETTINGS,
+    )
+    seen, first, started = 0, 0, 0.0
+    deadline = time.monotonic() + 300
+    while seen < n and time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=500).values():
+            seen += sum(len(r.value) > 0 for r in records)
+        if seen and not started:
+            # The clock starts once the group has joined and the first poll is in.
+            first, started = seen, time.perf_counter()
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    assert seen == n, (seen, n)
+    return (n - first) / elapsed
+
+
+def tokentrail_consume(bootstrap: str, topic: str, n: int, db: Path) -> float:
+    """Events/s stored after the first batch, through the real pipeline."""
+    settings = Settings()
+    with Store.open(db) as store:
+        pipeline = Pipeline(store, settings)
+        source = KafkaIngest(
+            pipeline, bootstrap=bootstrap, topic=topic, group=f"tt-{topic}", settings=settings.kafka
+        )
+        first, started = 0, 0.0
+
+        def on_batch(batch: Batch) -> None:
+            nonlocal first, started
+            if not started:
+                first, started = pipeline.totals.stored, time.perf_counter()
+            if pipeline.totals.stored >= n:
+                source.stop_requested.set()
+
+        source.run(idle_exit=30, on_batch=on_batch)
+        elapsed = time.perf_counter() - started
+        assert store.stats()["events"] == n
+    return (n - first) / elapsed
+
+
+# Run in a fresh interpreter so that RUSAGE_CHILDREN sees only the ingest process.
+_PEAK_RSS = """
+import resource, subprocess, sys
+subprocess.run(sys.argv[1:], check=True)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+def bench_rss(sizes: list[int], work: Path) -> None:
+    print("(c) peak RSS of a `tokentrail ingest FILE` process")
+    tokentrail = str(Path(sys.executable).parent / "tokentrail")
+    for n in sizes:
+        path = work / f"rss-{n}.jsonl"
+        write_file(path, n)
+        db = work / f"rss-{n}.duckdb"
+        started = time.perf_counter()
+        out = subprocess.run(
+            [sys.executable, "-c", _PEAK_RSS, tokentrail, "ingest", str(path), "--db", str(db)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        elapsed = time.perf_counter() - started
+        peak_mb = int(out.stdout.split()[-1]) / 1024
+        print(
+            f"    {n:>10,} events  peak RSS {peak_mb:>6,.0f} MB"
+            f"  ({n / elapsed:,.0f} events/s, process start included)"
+        )
+        path.unlink()
+        db.unlink()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--kafka-events", type=int, default=200_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--rss", default="100000,1000000", help="sizes, comma-separated")
+    parser.add_argument("--skip", default="", help="parts to skip: files,kafka,rss")
+    args = parser.parse_args()
+    skip = set(args.skip.split(","))
+    with tempfile.TemporaryDirectory(prefix="tt-bench-") as tmp:
+        work = Path(tmp)
+        if "files" not in skip:
+            bench_files(args.events, args.repeat, work)
+        if "kafka" not in skip:
+            bench_kafka(args.kafka_events, args.repeat, work)
+        if "rss" not in skip:
+            bench_rss(sorted(int(s) for s in args.rss.split(",")), work)
+
+
+if __name__ == "__main__":
+    main()
