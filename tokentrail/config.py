@@ -10,9 +10,9 @@ from __future__ import annotations
 import tomllib
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tokentrail.errors import ConfigError
@@ -35,6 +35,114 @@ class KafkaSettings(BaseModel):
     join_timeout_s: float = Field(default=120.0, gt=0)
 
 
+SpanKind = Literal["unspecified", "internal", "server", "client", "producer", "consumer"]
+
+
+class AdapterSettings(BaseModel):
+    """Where the CloudTrail, OTLP and Zipkin adapters find what those formats do not name.
+
+    Attribute (or Zipkin tag) names are tried in order; the first one present wins.
+    """
+
+    token_attributes: list[str] = ["tokentrail.token_id", "auth.token.id"]
+    identity_attributes: list[str] = ["tokentrail.identity", "enduser.id"]
+    scope_attributes: list[str] = ["tokentrail.scope", "enduser.scope"]
+    # OTLP spans of other kinds are not stored; chains re-link across them within one request.
+    otlp_span_kinds: list[SpanKind] = [
+        "unspecified",
+        "internal",
+        "server",
+        "client",
+        "producer",
+        "consumer",
+    ]
+    # AWS account id -> environment name; an account not listed is its own environment.
+    aws_account_environments: dict[str, str] = {}
+
+
+Level = Literal["info", "low", "medium", "high", "critical"]
+
+
+class SinkBase(BaseModel):
+    """What every sink shares (docs/SINKS.md): a unique name and which alerts it receives."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Delivery state is kept under this name: renaming a sink re-sends every alert to it.
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    enabled: bool = True
+    min_severity: Level = "info"
+    statuses: list[Literal["open", "acknowledged", "closed"]] = ["open", "acknowledged", "closed"]
+    # Alerts per send (one HEC request, one Kafka flush, one syslog connection).
+    batch_size: int = Field(default=100, ge=1, le=10_000)
+    timeout_s: float = Field(default=10.0, gt=0)
+
+
+class HttpSink(SinkBase):
+    """A Splunk HEC endpoint, or any JSON collector (`envelope = "ndjson"`, another auth)."""
+
+    type: Literal["http"]
+    url: str = Field(pattern=r"^https?://")  # e.g. https://splunk:8088/services/collector/event
+    token: str | None = None
+    auth_scheme: str = "Splunk"  # the header is "Authorization: <scheme> <token>"
+    envelope: Literal["hec", "ndjson"] = "hec"
+    headers: dict[str, str] = {}
+    index: str | None = None
+    sourcetype: str = "ocsf:detection_finding"
+    source: str = "tokentrail"
+    host: str | None = None
+    ca_file: str | None = None
+    verify_tls: bool = True
+
+
+class KafkaSink(SinkBase):
+    """A Kafka topic of OCSF findings keyed by alert id."""
+
+    type: Literal["kafka"]
+    bootstrap_servers: str
+    topic: str = "tokentrail.alerts"
+    client_id: str = "tokentrail-sink"
+    # Extra kafka-python producer settings (security_protocol, sasl_mechanism, ...).
+    producer: dict[str, str | int | bool] = {}
+
+
+class SyslogSink(SinkBase):
+    """CEF lines in RFC 5424 syslog messages, over TCP (octet counting, optional TLS) or UDP."""
+
+    type: Literal["syslog"]
+    host: str
+    port: int = Field(default=514, ge=1, le=65535)
+    protocol: Literal["tcp", "udp"] = "tcp"
+    tls: bool = False
+    ca_file: str | None = None
+    verify_tls: bool = True
+    facility: int = Field(default=10, ge=0, le=23)  # 10: security/authorization (authpriv)
+    app_name: str = "tokentrail"
+    hostname: str | None = None  # default: this machine's name
+    # A UDP datagram above this is cut (RFC 5426 advises staying under the path MTU).
+    max_udp_bytes: int = Field(default=8192, ge=480, le=65_000)
+
+
+SinkSettings = Annotated[HttpSink | KafkaSink | SyslogSink, Field(discriminator="type")]
+
+
+class SinksSettings(BaseModel):
+    """Delivery of alerts to SIEMs: the sinks, and the retry and backlog policy they share."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    outputs: list[SinkSettings] = []
+    # Retry after a failed send: initial * 2^(failures-1), capped.
+    backoff_initial_s: float = Field(default=1.0, gt=0)
+    backoff_max_s: float = Field(default=300.0, gt=0)
+    # How often the delivery loop looks for new alert versions.
+    poll_interval_s: float = Field(default=2.0, gt=0)
+    # Backlog (alert versions a sink owes): warn above `backlog_warn`; above `backlog_max`
+    # the oldest are recorded as dropped (counted in a metric) so the rest can flow.
+    backlog_warn: int = Field(default=1_000, ge=1)
+    backlog_max: int = Field(default=100_000, ge=1)
+
+
 class Settings(BaseSettings):
     """Everything an operator may tune. Detector tuning lives with each detector."""
 
@@ -43,9 +151,11 @@ class Settings(BaseSettings):
     )
 
     max_event_bytes: int = Field(default=1 << 20, ge=1024)
-    # Events per batch written from a file or stdin.
-    file_batch_size: int = Field(default=50_000, ge=1)
+    # Events per batch written from a file or stdin: one transaction each.
+    file_batch_size: int = Field(default=100_000, ge=1)
     kafka: KafkaSettings = KafkaSettings()
+    adapters: AdapterSettings = AdapterSettings()
+    sinks: SinksSettings = SinksSettings()
 
 
 def load_settings(path: Path | None) -> Settings:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -23,27 +24,45 @@ from rich.progress import (
 
 from tokentrail.batch import Batch
 from tokentrail.cli.app import DbOption, app, err, settings
+from tokentrail.cli.detect import CatalogOption, RulesOption
+from tokentrail.detect.engine import PassResult
+from tokentrail.detect.setup import detection_for
 from tokentrail.errors import TokentrailError
 from tokentrail.ingest.files import RecordFile
 from tokentrail.ingest.kafka import KafkaIngest
 from tokentrail.ingest.pipeline import Pipeline, Totals
+from tokentrail.ingest.replay import ingest_file
 from tokentrail.store import Store
+
+log = logging.getLogger(__name__)
 
 
 class InputFormat(StrEnum):
+    """`--format`: one of tokentrail.ingest.formats.FORMATS, or auto."""
+
     auto = "auto"
     events = "events"
+    cloudtrail = "cloudtrail"
+    otlp = "otlp"
+    zipkin = "zipkin"
 
 
 @app.command()
 def ingest(
     files: Annotated[
         list[str] | None,
-        typer.Argument(help="JSON lines or JSON array files, gzipped or not; `-` for stdin."),
+        typer.Argument(
+            help="JSON lines, JSON array or JSON document files, gzipped or not; `-` for stdin."
+        ),
     ] = None,
     db: DbOption = Path("tokentrail.duckdb"),
     fmt: Annotated[
-        InputFormat, typer.Option("--format", help="Input format; auto detects it.")
+        InputFormat,
+        typer.Option(
+            "--format",
+            help="Input format: tokentrail events, AWS CloudTrail, OTLP/JSON traces or Zipkin v2"
+            " spans; auto detects it per file (per message on Kafka).",
+        ),
     ] = InputFormat.auto,
     kafka: Annotated[
         str | None, typer.Option("--kafka", help="Consume from this broker (HOST:PORT).")
@@ -57,11 +76,15 @@ def ingest(
     no_detect: Annotated[
         bool, typer.Option("--no-detect", help="Store events without running detectors.")
     ] = False,
+    catalog: CatalogOption = None,
+    rules: RulesOption = None,
 ) -> None:
     """Validate events and store them; bad records go to the dead-letter table.
 
     Examples:
       tokentrail ingest events.jsonl.gz --db audit.duckdb
+      tokentrail ingest 123456789012_CloudTrail_us-east-1_20240730T2130Z.json.gz --db audit.duckdb
+      tokentrail ingest trace.json --format zipkin --db audit.duckdb
       tokentrail ingest --kafka 127.0.0.1:9092 --topic api-calls --group tt --db audit.duckdb
     """
     if bool(files) == bool(kafka):
@@ -70,30 +93,26 @@ def ingest(
         raise TokentrailError("--kafka needs --topic")
     cfg = settings()
     with Store.open(db) as store:
-        pipeline = Pipeline(store, cfg)
-        if kafka and topic:
-            _ingest_kafka(pipeline, kafka, topic, group, idle_exit)
-            origin = f"{kafka}/{topic}"
-        else:
-            for name in files or []:
-                _ingest_file(pipeline, name, cfg.file_batch_size)
-            origin = ", ".join(files or [])
+        engine = None if no_detect else detection_for(store, catalog_path=catalog, rules_path=rules)
+        with Pipeline(store, cfg, hooks=[engine.on_batch] if engine else []) as pipeline:
+            if kafka and topic:
+                _ingest_kafka(pipeline, kafka, topic, group, idle_exit, fmt)
+                origin = f"{kafka}/{topic}"
+            else:
+                for name in files or []:
+                    _ingest_file(pipeline, name, cfg.file_batch_size, fmt)
+                origin = ", ".join(files or [])
+        if engine is not None:
+            engine.finish()
     _summary(pipeline.totals, origin)
+    if engine is not None:
+        _detect_summary(engine.totals)
 
 
-def _ingest_file(pipeline: Pipeline, name: str, batch_size: int) -> None:
+def _ingest_file(pipeline: Pipeline, name: str, batch_size: int, fmt: str) -> None:
     source = RecordFile(name)
-    batch = Batch(source.kind, name)
     with _file_progress(source) as advance:
-        for position, raw in source.records():
-            pipeline.feed(batch, raw, None, position)
-            if len(batch) >= batch_size:
-                pipeline.write(batch)
-                batch = Batch(source.kind, name)
-                advance()
-        if len(batch):
-            pipeline.write(batch)
-        advance()
+        ingest_file(pipeline, source, fmt=fmt, batch_size=batch_size, progress=advance)
 
 
 @contextmanager
@@ -115,10 +134,20 @@ def _file_progress(source: RecordFile) -> Iterator[Callable[[], None]]:
 
 
 def _ingest_kafka(
-    pipeline: Pipeline, bootstrap: str, topic: str, group: str, idle_exit: float | None
+    pipeline: Pipeline,
+    bootstrap: str,
+    topic: str,
+    group: str,
+    idle_exit: float | None,
+    fmt: str,
 ) -> None:
     source = KafkaIngest(
-        pipeline, bootstrap=bootstrap, topic=topic, group=group, settings=pipeline.settings.kafka
+        pipeline,
+        bootstrap=bootstrap,
+        topic=topic,
+        group=group,
+        settings=pipeline.settings.kafka,
+        fmt=fmt,
     )
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -149,6 +178,16 @@ def _summary(totals: Totals, origin: str) -> None:
         f"ingested {totals.read:,} records from {origin}: {totals.stored:,} stored,"
         f" {totals.duplicates:,} duplicates skipped, {totals.dead_letters:,} dead-lettered"
         + (f" ({reasons})" if reasons else ""),
+        highlight=False,
+        markup=False,
+    )
+
+
+def _detect_summary(totals: PassResult) -> None:
+    errors = ", ".join(f"{d} {n}" for d, n in sorted(totals.errors.items()))
+    err.print(
+        f"detection: {totals.alerts_new:,} new alerts, {totals.alerts_updated:,} updated"
+        f" ({totals.late:,} late events)" + (f"; detector errors: {errors}" if errors else ""),
         highlight=False,
         markup=False,
     )

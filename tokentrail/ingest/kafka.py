@@ -65,9 +65,12 @@ class KafkaIngest:
         topic: str,
         group: str,
         settings: KafkaSettings,
+        fmt: str = "events",
     ) -> None:
         self.pipeline = pipeline
         self.topic = topic
+        # The topic's input format (tokentrail.ingest.formats); `auto` detects each message.
+        self.feed = pipeline.feeder(fmt)
         self.settings = settings
         self.stop_requested = threading.Event()
         # The idle clock runs from the last message or assignment: joining a group takes time.
@@ -137,7 +140,7 @@ class KafkaIngest:
 
     def _batch(self, polled: dict[Any, list[Any]]) -> Batch:
         batch = Batch("kafka", self.topic)
-        feed = self.pipeline.feed
+        feed = self.feed
         for tp, records in polled.items():
             partition = tp.partition
             floor = self.floor.get(partition)

@@ -1,0 +1,611 @@
+"""OpenTelemetry OTLP/JSON trace exports as contract events; the mapping is in docs/ADAPTERS.md.
+
+One input record is an `ExportTraceServiceRequest` (`resourceSpans` -> `scopeSpans` -> `spans`),
+as an OTLP/HTTP JSON body, a line of the collector's file exporter or one Kafka message
+(`otlp_json` encoding). Each span is one event, unless its kind is not in the
+`otlp_span_kinds` setting: then it is skipped and the spans under it are linked to the nearest
+kept ancestor in the same request, so chains stay connected.
+
+IDs are hex as the OTLP/JSON encoding requires; base64 (the plain protobuf JSON mapping some
+exporters use) is accepted and converted to lowercase hex.
+
+>>> from tokentrail.config import AdapterSettings
+>>> request = (b'{"resourceSpans": [{"resource": {"attributes": [{"key": "service.name",'
+...     b' "value": {"stringValue": "checkout"}}]}, "scopeSpans": [{"spans": [{"traceId":'
+...     b' "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174", "name": "GET",'
+...     b' "kind": 3, "startTimeUnixNano": "1544712660000000000", "attributes": [{"key":'
+...     b' "server.address", "value": {"stringValue": "payments"}}]}]}]}]}')
+>>> [item] = adapt(request, AdapterSettings())
+>>> event = msgspec.json.decode(item.event)
+>>> event["source"], event["target"], event["ts"]
+('checkout', 'payments', '2018-12-13T14:51:00.000000Z')
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgspec
+
+from tokentrail.config import AdapterSettings
+from tokentrail.events import IDENTITY_KINDS, InvalidEventError
+from tokentrail.ingest.adapters import (
+    DECODE_ERRORS,
+    FLAG_IDENTITY_FALLBACK,
+    FLAG_PARENT_RELINKED,
+    FLAG_PEER_FROM_TRACE,
+    FLAG_PEER_UNKNOWN,
+    FLAG_TOKEN_FALLBACK,
+    MAX_MICROS,
+    MIN_MICROS,
+    Item,
+    Mapped,
+    Picker,
+    Unmapped,
+    clip,
+    encode,
+    rfc3339,
+    why,
+)
+
+NAME: Final = "otlp"
+
+# SpanKind enum values (trace.proto), and the names some exporters send instead.
+KINDS: Final = ("unspecified", "internal", "server", "client", "producer", "consumer")
+_KIND_NAMES: Final = {f"SPAN_KIND_{kind.upper()}": kind for kind in KINDS}
+_CALLS_OUT: Final = frozenset({"client", "producer"})
+_CALLED: Final = frozenset({"server", "consumer"})
+
+# Where the other side of a call is named, in order of preference (semantic conventions, with
+# the names older instrumentation still sends).
+_CALLEE: Final = [
+    "peer.service",
+    "server.address",
+    "rpc.service",
+    "net.peer.name",
+    "messaging.destination.name",
+    "db.system",
+]
+_CALLER: Final = ["peer.service"]
+_CALLER_ADDRESS: Final = ["client.address", "net.sock.peer.addr", "net.peer.ip", "net.peer.name"]
+_METHOD: Final = ["http.request.method", "http.method"]
+_STATUS: Final = ["http.response.status_code", "http.status_code"]
+_PATH: Final = ["tokentrail.resource", "url.path", "http.target"]
+_USER_AGENT: Final = ["user_agent.original", "http.user_agent"]
+_BYTES_OUT: Final = ["http.response.body.size", "http.response_content_length"]
+_ENVIRONMENT: Final = ["deployment.environment.name", "deployment.environment"]
+_TASK: Final = ["tokentrail.task_id"]
+_ACTOR: Final = ["tokentrail.actor"]
+# gRPC PERMISSION_DENIED and UNAUTHENTICATED.
+_HEX_ID: Final = re.compile(r"[0-9A-Fa-f]{16}(?:[0-9A-Fa-f]{16})?\Z")
+_GRPC_DENIED: Final = frozenset({7, 16})
+_STATUS_ERROR: Final = frozenset({2, "STATUS_CODE_ERROR"})
+
+
+class _AnyValue(msgspec.Struct, gc=False):
+    stringValue: str | None = None  # noqa: N815 (OTLP/JSON names)
+    boolValue: bool | None = None  # noqa: N815
+    intValue: int | str | None = None  # noqa: N815
+    doubleValue: float | str | None = None  # noqa: N815
+    bytesValue: str | None = None  # noqa: N815
+    arrayValue: _ArrayValue | None = None  # noqa: N815
+    kvlistValue: _KeyValueList | None = None  # noqa: N815
+
+
+class _ArrayValue(msgspec.Struct, gc=False):
+    values: list[_AnyValue] = []
+
+
+class _KeyValue(msgspec.Struct, gc=False):
+    key: str
+    value: _AnyValue | None = None
+
+
+class _KeyValueList(msgspec.Struct, gc=False):
+    values: list[_KeyValue] = []
+
+
+class _Status(msgspec.Struct, gc=False):
+    code: int | str = 0
+    message: str = ""
+
+
+class Span(msgspec.Struct, gc=False):
+    """The parts of an OTLP span the mapping reads."""
+
+    traceId: str = ""  # noqa: N815
+    spanId: str = ""  # noqa: N815
+    parentSpanId: str = ""  # noqa: N815
+    name: str = ""
+    kind: int | str = 0
+    startTimeUnixNano: int | str = 0  # noqa: N815
+    endTimeUnixNano: int | str = 0  # noqa: N815
+    attributes: list[_KeyValue] = []
+    status: _Status | None = None
+
+
+class _Attributed(msgspec.Struct, gc=False):
+    name: str = ""
+    attributes: list[_KeyValue] = []
+
+
+class _ScopeSpans(msgspec.Struct, gc=False):
+    scope: msgspec.Raw = msgspec.Raw()
+    spans: list[msgspec.Raw] = []
+
+
+class _ResourceSpans(msgspec.Struct, gc=False):
+    resource: msgspec.Raw = msgspec.Raw()
+    scopeSpans: list[_ScopeSpans] = []  # noqa: N815
+
+
+class _Request(msgspec.Struct, gc=False):
+    resourceSpans: list[_ResourceSpans]  # noqa: N815
+
+
+_decode_request: Final = msgspec.json.Decoder(_Request).decode
+_decode_span: Final = msgspec.json.Decoder(Span).decode
+_decode_attributed: Final = msgspec.json.Decoder(_Attributed).decode
+
+
+class _Entry(msgspec.Struct, gc=False):
+    """One decoded span with its resource, before mapping."""
+
+    span: Span
+    source: bytes
+    service: str
+    scope: str
+    resource: dict[str, Any]
+    kind: str
+    trace_id: str
+    span_id: str
+    parent_id: str | None
+    attributes: dict[str, Any]
+    # The resource's attributes as the event keeps them (without credentials), and the event
+    # fields they give (worked out once per resource).
+    kept_resource: dict[str, Any]
+    resource_found: dict[str, str]
+
+
+def adapt(record: bytes, settings: AdapterSettings) -> list[Item]:
+    """The events in one `ExportTraceServiceRequest`; each span's dead letter is re-feedable."""
+    try:
+        request = _decode_request(record)
+    except DECODE_ERRORS as exc:
+        raise InvalidEventError(f"{NAME}: {why(exc)}") from None
+    options = Options.of(settings)
+    items: list[Item] = []
+    entries: list[_Entry] = []
+    for block in request.resourceSpans:
+        try:
+            resource = _attributed(block.resource)
+        except DECODE_ERRORS as exc:
+            reason = f"{NAME}: resource: {why(exc)}"
+            items.extend(
+                Unmapped(_envelope(block.resource, s.scope, raw), reason)
+                for s in block.scopeSpans
+                for raw in s.spans
+            )
+            continue
+        resource_values = _values(resource.attributes)
+        service = resource_values.get("service.name")
+        service = service.strip() if isinstance(service, str) else ""
+        service = service or "unknown_service"
+        kept_resource = _without(resource_values, options.token_names)
+        resource_found = options.picker.pick(resource_values)
+        for scoped in block.scopeSpans:
+            try:
+                scope_name = _attributed(scoped.scope).name
+            except DECODE_ERRORS:
+                scope_name = ""
+            for raw in scoped.spans:
+                source = _envelope(block.resource, scoped.scope, raw)
+                try:
+                    entries.append(
+                        _entry(
+                            raw,
+                            source,
+                            service,
+                            scope_name,
+                            resource_values,
+                            kept_resource,
+                            resource_found,
+                        )
+                    )
+                except InvalidEventError as exc:
+                    items.append(Unmapped(source, exc.reason))
+    trace = Spans(entries, options.kept)
+    for entry in entries:
+        if entry.kind not in trace.kept:
+            continue
+        try:
+            event, flags = event_of(entry, trace, options)
+        except InvalidEventError as exc:
+            items.append(Unmapped(entry.source, exc.reason))
+        else:
+            items.append(Mapped(encode(event), entry.source, flags))
+    return items
+
+
+def _attributed(raw: msgspec.Raw) -> _Attributed:
+    if not len(raw) or bytes(raw) == b"null":
+        return _Attributed()
+    return _decode_attributed(raw)
+
+
+def _envelope(resource: msgspec.Raw, scope: msgspec.Raw, span: msgspec.Raw) -> bytes:
+    """A request holding just this span, its resource and scope: the unit to dead-letter."""
+    return b"".join(
+        (
+            b'{"resourceSpans":[{"resource":',
+            bytes(resource) if len(resource) else b"{}",
+            b',"scopeSpans":[{"scope":',
+            bytes(scope) if len(scope) else b"{}",
+            b',"spans":[',
+            bytes(span),
+            b"]}]}]}",
+        )
+    )
+
+
+def _entry(
+    raw: msgspec.Raw,
+    source: bytes,
+    service: str,
+    scope: str,
+    resource: dict[str, Any],
+    kept_resource: dict[str, Any],
+    resource_found: dict[str, str],
+) -> _Entry:
+    try:
+        span = _decode_span(raw)
+    except DECODE_ERRORS as exc:
+        raise InvalidEventError(f"{NAME}: span: {why(exc)}") from None
+    trace_id = hex_id(span.traceId, 16, "traceId")
+    span_id = hex_id(span.spanId, 8, "spanId")
+    if trace_id is None or span_id is None:
+        raise InvalidEventError(f"{NAME}: span has no {'traceId' if not trace_id else 'spanId'}")
+    parent_id = hex_id(span.parentSpanId, 8, "parentSpanId")
+    kind = _kind(span.kind)
+    return _Entry(
+        span,
+        source,
+        service,
+        scope,
+        resource,
+        kind,
+        trace_id,
+        span_id,
+        parent_id,
+        _values(span.attributes),
+        kept_resource,
+        resource_found,
+    )
+
+
+def hex_id(value: str, size: int, field: str) -> str | None:
+    """A trace or span id as lowercase hex, from hex (OTLP/JSON) or base64; None if absent.
+
+    >>> hex_id("EEE19B7EC3C1B174", 8, "spanId"), hex_id("7uGbfsPBsXQ=", 8, "spanId")
+    ('eee19b7ec3c1b174', 'eee19b7ec3c1b174')
+    """
+    if not value:
+        return None
+    if _HEX_ID.match(value) and len(value) == 2 * size and value.strip("0"):
+        return value.lower()
+    if len(value) == 2 * size:
+        try:
+            data = bytes.fromhex(value)
+        except ValueError:
+            data = b""
+    else:
+        try:
+            data = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            data = b""
+        if len(data) != size:
+            data = b""
+    if not data:
+        raise InvalidEventError(
+            f"{NAME}: `{field}` {value[:64]!r} is neither hex nor base64 of {size} bytes"
+        )
+    if not any(data):
+        # An all-zero id is invalid; exporters send it for "no parent".
+        if field == "parentSpanId":
+            return None
+        raise InvalidEventError(f"{NAME}: `{field}` is all zeros")
+    return data.hex()
+
+
+def _kind(value: int | str) -> str:
+    if isinstance(value, int):
+        if 0 <= value < len(KINDS):
+            return KINDS[value]
+    elif value in _KIND_NAMES:
+        return _KIND_NAMES[value]
+    raise InvalidEventError(f"{NAME}: span `kind` {value!r} is not a SpanKind")
+
+
+def _values(attributes: list[_KeyValue]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for kv in attributes:
+        value = kv.value
+        if value is not None:
+            text = value.stringValue
+            values[kv.key] = text if text is not None else _value(value)
+    return values
+
+
+def _value(value: _AnyValue | None) -> Any:
+    if value is None:
+        return None
+    if value.stringValue is not None:
+        return value.stringValue
+    if value.intValue is not None:
+        return _int(value.intValue)
+    if value.boolValue is not None:
+        return value.boolValue
+    if value.doubleValue is not None:
+        return value.doubleValue
+    if value.arrayValue is not None:
+        return [_value(v) for v in value.arrayValue.values]
+    if value.kvlistValue is not None:
+        return _values(value.kvlistValue.values)
+    return value.bytesValue
+
+
+def _int(value: int | str) -> int | str:
+    """OTLP/JSON sends 64-bit integers as decimal strings."""
+    if isinstance(value, int):
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        return value
+
+
+def _nanos(value: int | str, field: str) -> int:
+    number = _int(value)
+    if not isinstance(number, int):
+        raise InvalidEventError(f"{NAME}: `{field}` {value!r} is not an integer")
+    return number
+
+
+class Spans:
+    """The spans of one request by id, the kinds kept, and which service each call reached."""
+
+    def __init__(self, entries: list[_Entry], kept: frozenset[str]) -> None:
+        self.kept = kept
+        self.by_id = {entry.span_id: entry for entry in entries}
+        self.callee: dict[str, str] = {}
+        for entry in entries:
+            if entry.kind in _CALLED and entry.parent_id is not None:
+                self.callee.setdefault(entry.parent_id, entry.service)
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """What one AdapterSettings means for OTLP, worked out once (settings are read per span)."""
+
+    kept: frozenset[str]
+    # The event's fields, looked up in span attributes, then resource attributes.
+    picker: Picker
+    # Attributes that carry the credential: kept only as token_id.
+    token_names: frozenset[str]
+
+    @classmethod
+    def of(cls, settings: AdapterSettings) -> Options:
+        key = (
+            tuple(settings.token_attributes),
+            tuple(settings.identity_attributes),
+            tuple(settings.scope_attributes),
+            tuple(settings.otlp_span_kinds),
+        )
+        found = _OPTIONS.get(key)
+        if found is None:
+            fields = {
+                "token": settings.token_attributes,
+                "identity": settings.identity_attributes,
+                "scope": settings.scope_attributes,
+                "identity_kind": ["tokentrail.identity_kind"],
+                **_FIELDS,
+            }
+            found = cls(
+                frozenset(settings.otlp_span_kinds),
+                Picker(fields),
+                frozenset(settings.token_attributes),
+            )
+            _OPTIONS[key] = found
+        return found
+
+
+_OPTIONS: Final[dict[tuple[tuple[str, ...], ...], Options]] = {}
+# Fields found by attribute names that no setting changes.
+_FIELDS: Final = {
+    "environment": _ENVIRONMENT,
+    "task_id": _TASK,
+    "actor": _ACTOR,
+    "callee": _CALLEE,
+    "caller": _CALLER,
+    "caller_address": _CALLER_ADDRESS,
+    "client_ip": _CALLER_ADDRESS[:3],
+    "method": _METHOD,
+    "status": _STATUS,
+    "path": _PATH,
+    "user_agent": _USER_AGENT,
+    "bytes_out": _BYTES_OUT,
+}
+# Event fields filled as they are from what the picker found.
+_COPIED: Final = frozenset({"scope", "environment", "task_id", "actor", "user_agent"})
+
+
+def event_of(
+    entry: _Entry, trace: Spans, options: Options
+) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """One span as a contract event (JSON-ready); `trace` holds the spans of its request."""
+    span = entry.span
+    attributes = entry.attributes
+    start = _nanos(span.startTimeUnixNano, "startTimeUnixNano")
+    if start <= 0:
+        raise InvalidEventError(f"{NAME}: span has no `startTimeUnixNano`")
+    if not MIN_MICROS <= start // 1000 < MAX_MICROS:
+        raise InvalidEventError(
+            f"{NAME}: `startTimeUnixNano` {start} is out of range (epoch nanoseconds expected)"
+        )
+    end = _nanos(span.endTimeUnixNano, "endTimeUnixNano")
+    found = options.picker.pick(attributes)
+    if entry.resource_found:
+        found = entry.resource_found | found  # the span's own attributes win
+    flags: list[str] = []
+    source, target = _ends(entry, found, trace, flags)
+    token = found.get("token")
+    if token is None:
+        token = f"service:{source}"
+        flags.append(FLAG_TOKEN_FALLBACK)
+    identity = found.get("identity")
+    identity_kind = found.get("identity_kind")
+    if identity_kind not in IDENTITY_KINDS:
+        identity_kind = None
+    if identity is None:
+        identity = source
+        identity_kind = identity_kind or "service"
+        flags.append(FLAG_IDENTITY_FALLBACK)
+    parent = entry.parent_id
+    by_id = trace.by_id
+    if parent is not None and parent in by_id and by_id[parent].kind not in trace.kept:
+        parent = _kept_ancestor(parent, by_id, trace.kept)
+        flags.append(FLAG_PARENT_RELINKED)
+    status = _http_status(found.get("status"))
+    event: dict[str, Any] = {
+        "event_id": f"otlp:{entry.trace_id}:{entry.span_id}",
+        "ts": rfc3339(start // 1000),
+        "token_id": token,
+        "identity": clip(identity, 1024),
+        "source": clip(source, 1024),
+        "target": clip(target, 1024),
+        "operation": clip(_operation(span, attributes, found.get("method")), 1024),
+        "outcome": _outcome(span, status, attributes.get("rpc.grpc.status_code")),
+        "trace_id": entry.trace_id,
+        "span_id": entry.span_id,
+    }
+    if parent is not None:
+        event["parent_span_id"] = parent
+    if status is not None:
+        event["status"] = status
+    if identity_kind:
+        event["identity_kind"] = identity_kind
+    for name in _COPIED.intersection(found):
+        event[name] = clip(found[name], 4096)
+    path = found.get("path")
+    if path:
+        event["resource"] = clip(path.split("?", 1)[0], 4096)
+    if entry.kind in _CALLED and "client_ip" in found:
+        event["source_ip"] = clip(found["client_ip"], 4096)
+    size = _size(found.get("bytes_out"))
+    if size is not None:
+        event["bytes_out"] = size
+    kept: dict[str, Any] = {"otel.span.kind": entry.kind}
+    if span.name:
+        kept["otel.span.name"] = span.name
+    if entry.scope:
+        kept["otel.scope.name"] = entry.scope
+    if span.status is not None and span.status.message:
+        kept["otel.status.message"] = span.status.message
+    if end >= start:
+        kept["otel.duration_us"] = (end - start) // 1000
+    # The credential is kept only as token_id, where ingest hashes raw secrets.
+    if attributes:
+        kept["span"] = _without(attributes, options.token_names)
+    if entry.resource:
+        kept["resource"] = entry.kept_resource
+    event["attributes"] = kept
+    return event, tuple(flags)
+
+
+def _without(values: dict[str, Any], names: frozenset[str]) -> dict[str, Any]:
+    if names.isdisjoint(values):
+        return values
+    return {k: v for k, v in values.items() if k not in names}
+
+
+def _ends(entry: _Entry, own: dict[str, str], trace: Spans, flags: list[str]) -> tuple[str, str]:
+    """(source, target): who called whom, from the span's kind and its peer attributes."""
+    service = entry.service
+    if entry.kind in _CALLS_OUT:
+        peer = own.get("callee")
+        if peer is None:
+            peer = trace.callee.get(entry.span_id)
+            if peer is not None:
+                flags.append(FLAG_PEER_FROM_TRACE)
+        if peer is not None:
+            return service, peer
+    elif entry.kind in _CALLED:
+        peer = own.get("caller")
+        if peer is None and entry.parent_id in trace.by_id:
+            peer = trace.by_id[entry.parent_id].service
+            flags.append(FLAG_PEER_FROM_TRACE)
+        if peer is None:
+            peer = own.get("caller_address")
+        if peer is not None:
+            return peer, service
+    else:
+        return service, service
+    flags.append(FLAG_PEER_UNKNOWN)
+    return service, service
+
+
+def _kept_ancestor(
+    parent: str | None, by_id: dict[str, _Entry], kept: frozenset[str]
+) -> str | None:
+    seen: set[str] = set()
+    while parent is not None and parent in by_id and by_id[parent].kind not in kept:
+        if parent in seen:
+            break
+        seen.add(parent)
+        parent = by_id[parent].parent_id
+    return parent
+
+
+def _operation(span: Span, attributes: dict[str, Any], method: str | None) -> str:
+    route = attributes.get("http.route")
+    if method and isinstance(route, str) and route:
+        return f"{method} {route}"
+    rpc_method = attributes.get("rpc.method")
+    if isinstance(rpc_method, str) and rpc_method:
+        service = attributes.get("rpc.service")
+        return f"{service}/{rpc_method}" if isinstance(service, str) and service else rpc_method
+    return span.name.strip() or method or "unknown"
+
+
+def _http_status(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        status = int(value)
+    except ValueError:
+        return None
+    return status if 0 <= status <= 999 else None
+
+
+def _outcome(span: Span, status: int | None, grpc: Any) -> str:
+    if status in (401, 403) or (grpc is not None and _int(grpc) in _GRPC_DENIED):
+        return "denied"
+    if span.status is not None and span.status.code in _STATUS_ERROR:
+        return "error"
+    if status is not None and status >= 500:
+        return "error"
+    return "success"
+
+
+def _size(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        size = int(value)
+    except ValueError:
+        return None
+    return size if size >= 0 else None
