@@ -1,0 +1,247 @@
+"""The engine: replay equivalence, warm-up, policy, rotation, suppression, broken detectors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from factories import T0_MS, call
+
+from tokentrail.batch import Batch
+from tokentrail.catalog import Catalog, load_catalog
+from tokentrail.config import Settings
+from tokentrail.detect.engine import Detection
+from tokentrail.detect.model import Call, Detector, Finding
+from tokentrail.detect.registry import DETECTORS
+from tokentrail.detect.rules import parse_rules
+from tokentrail.ingest.pipeline import Pipeline
+from tokentrail.store import Store
+from tokentrail.store.alerts import list_alerts
+
+HOUR_MS = 3_600_000
+SVC = "spiffe://prod/ns/billing/sa/invoicer"
+
+
+def feed(store: Store, engine: Detection | None, lines: Sequence[bytes], size: int) -> None:
+    """Lines through the real pipeline in batches of `size`, detecting after each batch."""
+    with Pipeline(store, Settings(), hooks=[engine.on_batch] if engine else []) as pipeline:
+        batch = Batch("file", "test")
+        for n, line in enumerate(lines, start=1):
+            pipeline.feed(batch, line, None, n)
+            if len(batch) >= size:
+                pipeline.write(batch)
+                batch = Batch("file", "test")
+        if len(batch):
+            pipeline.write(batch)
+    if engine is not None:
+        engine.finish()
+
+
+def comparable(store: Store) -> list[tuple[Any, ...]]:
+    return sorted(
+        (
+            a.alert_id,
+            a.detector,
+            a.dedupe_key,
+            a.severity,
+            a.score,
+            a.title,
+            a.occurrences,
+            tuple(a.event_ids),
+            a.first_seen_us,
+            a.last_seen_us,
+            tuple(a.targets),
+            repr(sorted(a.evidence.items())),
+            a.status,
+        )
+        for a in list_alerts(store.conn)
+    )
+
+
+def test_alerts_do_not_depend_on_batching_or_backfill(world: Path, tmp_path: Path) -> None:
+    lines = (world / "events.jsonl").read_bytes().splitlines()
+    catalog = load_catalog(world / "catalog.toml")
+    results = []
+    for name, size, live in (("once", len(lines), True), ("small", 3_001, True),
+                             ("backfill", 7_919, False)):  # fmt: skip
+        with Store.open(tmp_path / f"{name}.duckdb") as store:
+            engine = Detection(store, catalog=catalog)
+            feed(store, engine if live else None, lines, size)
+            if not live:
+                engine.finish()
+            again = Detection(store, catalog=catalog).finish()
+            assert again.alerts_new == 0 and again.alerts_updated == 0  # nothing duplicated
+            results.append(comparable(store))
+    assert results[0], "the world's attacks raise alerts"
+    assert results[0] == results[1] == results[2]
+
+
+def lines_of(events: list[dict[str, Any]]) -> list[bytes]:
+    from factories import encode
+
+    return [encode(e) for e in events]
+
+
+def run(tmp_path: Path, events: list[dict[str, Any]], **engine: Any) -> Store:
+    store = Store.open(tmp_path / "t.duckdb")
+    feed(store, Detection(store, **engine), lines_of(events), 1_000)
+    return store
+
+
+def routine(hours: int, *, token: str = "tok-1", every_min: int = 10) -> list[dict[str, Any]]:
+    """An invoicer reading the ledger every few minutes for `hours`, with one address."""
+    return [
+        call(ts=T0_MS + m * 60_000, token_id=token, source_ip="10.0.0.1", event_id=f"r-{token}-{m}")
+        for m in range(0, hours * 60, every_min)
+    ]
+
+
+def test_novelty_waits_for_warm_up_then_fires(tmp_path: Path) -> None:
+    early = call(ts=T0_MS + 2 * HOUR_MS, target="hr-db", scope="hr:read", event_id="early")
+    late = call(ts=T0_MS + 30 * HOUR_MS, target="payments-db", scope="payments:read",
+                event_id="late")  # fmt: skip
+    events = sorted([*routine(31), early, late], key=lambda e: e["ts"])
+    store = run(tmp_path, events)
+    reach = [a for a in list_alerts(store.conn) if a.detector == "unexpected_reach"]
+    assert [a.targets for a in reach] == [["payments-db"]]
+    assert reach[0].event_ids == ["late"]
+
+
+def test_policy_fires_from_the_first_event(tmp_path: Path) -> None:
+    catalog = Catalog.model_validate(
+        {
+            "identity": [
+                {"name": SVC, "allowed_targets": ["ledger-api"], "allowed_scopes": ["ledger:read"]}
+            ]
+        }
+    )
+    events = [call(ts=T0_MS, event_id="first", target="payments-db", scope="ledger:read")]
+    store = run(tmp_path, events, catalog=catalog)
+    reach = [a for a in list_alerts(store.conn) if a.detector == "unexpected_reach"]
+    assert len(reach) == 1 and reach[0].event_ids == ["first"]
+    assert reach[0].evidence["basis"] == "policy"
+
+
+def test_token_rotation_is_not_novelty(tmp_path: Path) -> None:
+    events = routine(30, token="tok-a") + [
+        {**e, "event_id": f"b-{n}", "ts": e["ts"] + 30 * HOUR_MS}
+        for n, e in enumerate(routine(10, token="tok-b"))
+    ]
+    store = run(tmp_path, events)
+    assert list_alerts(store.conn) == []
+
+
+def test_repeats_update_one_alert(tmp_path: Path) -> None:
+    catalog = Catalog.model_validate(
+        {"identity": [{"name": SVC, "allowed_targets": ["ledger-api"]}]}
+    )
+    events = [
+        call(ts=T0_MS + n * 60_000, target="payments-db", event_id=f"p-{n}") for n in range(5)
+    ]
+    store = Store.open(tmp_path / "t.duckdb")
+    feed(store, Detection(store, catalog=catalog), lines_of(events), 2)
+    (alert,) = [a for a in list_alerts(store.conn) if a.detector == "unexpected_reach"]
+    assert alert.occurrences == 5
+    assert alert.event_ids == [f"p-{n}" for n in range(5)]
+    assert alert.last_seen_us - alert.first_seen_us == 4 * 60_000_000
+
+
+def test_a_replayed_token_is_one_alert(tmp_path: Path) -> None:
+    events = routine(30) + [
+        call(
+            ts=T0_MS + 30 * HOUR_MS + n * 60_000,
+            token_id="tok-1",
+            source_ip="198.51.100.9",
+            event_id=f"replay-{n}",
+        )
+        for n in range(5)
+    ]
+    store = run(tmp_path, events)
+    (alert,) = [a for a in list_alerts(store.conn) if a.detector == "token_replay"]
+    assert alert.event_ids == ["replay-0"]  # later calls from that address are known now
+
+
+def test_suppression_keeps_the_alert_out_of_the_way(tmp_path: Path) -> None:
+    rules = parse_rules(
+        '[[suppress]]\ndetector = "token_replay"\nidentity = "spiffe://prod/*"\n'
+        'reason = "pentest SEC-1"\n'
+    )
+    events = [
+        *routine(30),
+        call(
+            ts=T0_MS + 30 * HOUR_MS, token_id="tok-1", source_ip="198.51.100.9", event_id="replay"
+        ),
+    ]
+    store = run(tmp_path, events, rules=rules)
+    (alert,) = list_alerts(store.conn)
+    assert alert.status == "suppressed" and alert.suppressed_by == "pentest SEC-1"
+
+
+class Broken(Detector):
+    id = "broken"
+    title = "always throws"
+    severity = "low"
+    mitre = ()
+    owasp_nhi = ()
+    runbook = ""
+    examples = ()
+
+    def detect(self, calls: Sequence[Call]) -> Iterator[Finding]:
+        raise RuntimeError("boom")
+
+
+def test_a_crashing_detector_does_not_stop_ingestion(tmp_path: Path) -> None:
+    events = [
+        *routine(30),
+        call(
+            ts=T0_MS + 30 * HOUR_MS, token_id="tok-1", source_ip="198.51.100.9", event_id="replay"
+        ),
+    ]
+    store = Store.open(tmp_path / "t.duckdb")
+    engine = Detection(store, detectors=[Broken(), DETECTORS["token_replay"]()])
+    feed(store, engine, lines_of(events), 50)
+    assert store.stats()["events"] == len(events)
+    assert [a.detector for a in list_alerts(store.conn)] == ["token_replay"]
+    assert engine.totals.errors["broken"] >= 1
+    (count,) = store.conn.execute("SELECT count(*) FROM detect_errors").fetchall()[0]
+    assert count == engine.totals.errors["broken"]
+
+
+def test_custom_sql_rule(tmp_path: Path) -> None:
+    rules = parse_rules(
+        '[[rule]]\nid = "custom.hr_reads"\ntitle = "HR read"\nseverity = "low"\n'
+        'key = ["identity"]\nsql = "SELECT * FROM window_events WHERE target = \'hr-db\'"\n'
+    )
+    events = [call(ts=T0_MS + n * 1000, target="hr-db", event_id=f"hr-{n}") for n in range(3)]
+    store = run(tmp_path, events, rules=rules)
+    (alert,) = [a for a in list_alerts(store.conn) if a.detector == "custom.hr_reads"]
+    assert alert.occurrences == 3 and alert.event_ids == ["hr-0", "hr-1", "hr-2"]
+
+
+def test_late_events_are_still_detected(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "t.duckdb")
+    engine = Detection(store)
+    feed(store, engine, lines_of(routine(30)), 1_000)
+    late = call(
+        ts=T0_MS + 29 * HOUR_MS, token_id="tok-1", source_ip="198.51.100.9", event_id="late"
+    )
+    feed(store, engine, lines_of([late]), 1_000)
+    (alert,) = list_alerts(store.conn)
+    assert alert.event_ids == ["late"]
+    assert engine.totals.late == 1
+
+
+@pytest.mark.parametrize("severity", ["high", "critical"])
+def test_evaluate_meets_the_recall_target(world: Path, tmp_path: Path, severity: str) -> None:
+    from tokentrail.detect.evaluate import evaluate, load_labels
+
+    store = Store.open(tmp_path / "e.duckdb")
+    feed(store, Detection(store, catalog=load_catalog(world / "catalog.toml")),
+         (world / "events.jsonl").read_bytes().splitlines(), 50_000)  # fmt: skip
+    result = evaluate(store.conn, labels=load_labels(world / "labels.json"))
+    assert result.tokentrail.recall >= 0.95
+    assert result.tokentrail.false_per_day_by_severity[severity] == 0
+    assert result.tokentrail.false_per_day <= 3
+    assert all(c.max_severity in (None, "info", "low") for c in result.benign_changes)
