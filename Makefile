@@ -26,8 +26,12 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 
+# Until `tokentrail demo` (embedded broker, live stream, API) lands: the end-to-end path on files.
 demo: $(STAMP)
-	$(BIN)/tokentrail demo --db $(DB)
+	$(BIN)/tokentrail simulate --out demo-world --days 2 --seed 7
+	$(BIN)/tokentrail ingest demo-world/events.jsonl --db $(DB)
+	$(BIN)/tokentrail stats --db $(DB)
+	$(BIN)/tokentrail tokens --db $(DB) --top 10 --format table
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -11,7 +11,11 @@ from typing import Final, NamedTuple
 
 import duckdb
 
+from tokentrail.store.alerts import DETECT_TABLES
+from tokentrail.store.api import API_TABLES
+from tokentrail.store.delivery import DELIVERY_TABLES
 from tokentrail.store.derived import merge_derived
+from tokentrail.store.graph import GRAPH_TABLES, merge_graph
 
 
 class Migration(NamedTuple):
@@ -24,6 +28,10 @@ class Migration(NamedTuple):
 
 def _backfill_derived(conn: duckdb.DuckDBPyConnection) -> None:
     merge_derived(conn, new_events="events")
+
+
+def _backfill_graph(conn: duckdb.DuckDBPyConnection) -> None:
+    merge_graph(conn, new_events="events")
 
 
 _V1_EVENTS: Final = """
@@ -130,6 +138,10 @@ CREATE TABLE token_edges (
 MIGRATIONS: Final = (
     Migration(1, "events, dead letters, offsets", _V1_EVENTS),
     Migration(2, "derived tokens and token_edges", _V2_DERIVED, _backfill_derived),
+    Migration(3, "graph: traces, chain_reach, token_links", GRAPH_TABLES, _backfill_graph),
+    Migration(4, "detection: alerts, baselines, progress", DETECT_TABLES),
+    Migration(5, "api: keys, request log, alert triage", API_TABLES),
+    Migration(6, "sinks: delivery state per sink and alert", DELIVERY_TABLES),
 )
 
 LATEST: Final = MIGRATIONS[-1].version

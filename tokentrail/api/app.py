@@ -1,0 +1,191 @@
+"""The app factory: state, routers, the request log, and errors that never leak internals."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import duckdb
+from fastapi import FastAPI, Request, Response, status
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+import tokentrail
+from tokentrail.api.encoding import components
+from tokentrail.api.models import TokensPage
+from tokentrail.api.routes import (
+    alerts,
+    chains,
+    events,
+    health,
+    identities,
+    keys,
+    metrics,
+    paths,
+    query,
+    services,
+    tokens,
+    ui,
+)
+from tokentrail.api.settings import ApiSettings
+from tokentrail.api.state import ApiState, ConsumerStatus, harden, stored_catalog
+from tokentrail.catalog import Catalog
+from tokentrail.errors import TokentrailError
+from tokentrail.graph import (
+    BlastRadius,
+    Chain,
+    Exposure,
+    IdentityReport,
+    Lineage,
+    Paths,
+    TokenGraph,
+    TokenReport,
+    UnknownSubjectError,
+)
+from tokentrail.store import Store
+from tokentrail.store.api import RequestRow
+
+log = logging.getLogger(__name__)
+
+# Graph results documented with msgspec's schemas (tokentrail.api.encoding).
+_STRUCTS: list[type[Any]] = [
+    Chain,
+    TokensPage,
+    TokenReport,
+    BlastRadius,
+    Lineage,
+    TokenGraph,
+    Paths,
+    Exposure,
+    IdentityReport,
+]
+
+
+def create_app(
+    store: Store,
+    settings: ApiSettings,
+    *,
+    catalog: Catalog | None = None,
+    consumer: ConsumerStatus | None = None,
+) -> FastAPI:
+    """The API over `store`. Locks the database instance down for the SQL endpoint (no file or
+    network access, settings frozen) — create any writer that needs settings before this."""
+    state = ApiState(
+        store=store,
+        settings=settings,
+        catalog=catalog if catalog is not None else stored_catalog(store.conn),
+        consumer=consumer,
+    )
+    harden(store.conn)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if consumer is not None:
+            consumer.start()
+        try:
+            yield
+        finally:
+            if consumer is not None:
+                await run_in_threadpool(consumer.stop)
+            state.close()
+
+    app = FastAPI(
+        title="tokentrail",
+        version=tokentrail.__version__,
+        description="Call chains, tokens, blast radius, lineage, paths and alerts of"
+        " non-human identities. Authenticate with `Authorization: Bearer <API key>`.",
+        lifespan=lifespan,
+    )
+    app.state.tokentrail = state
+    for module in (health, alerts, chains, tokens, events, paths, services, identities):
+        app.include_router(module.router)
+    for module in (query, metrics, keys, ui):
+        app.include_router(module.router)
+    _errors(app)
+    _audit(app, state)
+    _openapi(app)
+    return app
+
+
+def _errors(app: FastAPI) -> None:
+    """Known errors become one line with the right status; nothing else leaves the process."""
+
+    async def unknown(_: Request, exc: Exception) -> Response:
+        return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_404_NOT_FOUND)
+
+    async def refused(_: Request, exc: Exception) -> Response:
+        return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_400_BAD_REQUEST)
+
+    async def store_failed(request: Request, exc: Exception) -> Response:
+        log.error("store error on %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse(
+            {"detail": "the store could not answer; try again"},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
+
+    app.add_exception_handler(UnknownSubjectError, unknown)
+    app.add_exception_handler(TokentrailError, refused)
+    app.add_exception_handler(duckdb.Error, store_failed)
+
+
+def _audit(app: FastAPI, state: ApiState) -> None:
+    """Record every request (who, what, when, outcome) and its latency; turn anything that
+    escaped the handlers into a bare 500."""
+
+    @app.middleware("http")
+    async def audit(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        at = datetime.now(UTC)
+        started = time.perf_counter()
+        try:
+            response = await call_next(request)
+        except Exception:
+            log.exception("internal error on %s %s", request.method, request.url.path)
+            response = JSONResponse(
+                {"detail": "internal error"}, status_code=status.HTTP_500_INTERNAL_SERVER_ERROR
+            )
+        seconds = time.perf_counter() - started
+        route = request.scope.get("route")
+        template = getattr(route, "path", None) or "unmatched"
+        state.metrics.observe(
+            method=request.method, route=template, status=response.status_code, seconds=seconds
+        )
+        principal = getattr(request.state, "principal", None)
+        row = RequestRow(
+            at=at,
+            key_id=principal.key_id if principal else None,
+            role=principal.role.value if principal else None,
+            method=request.method,
+            path=request.url.path,
+            query=request.url.query or None,
+            status=response.status_code,
+            duration_ms=round(seconds * 1000, 3),
+            client=request.client.host if request.client else None,
+            detail=getattr(request.state, "audit_detail", None),
+        )
+        await run_in_threadpool(state.record, row)
+        return response
+
+
+def _openapi(app: FastAPI) -> None:
+    def schema() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            found = document.setdefault("components", {}).setdefault("schemas", {})
+            for name, value in components(_STRUCTS).items():
+                found.setdefault(name, value)
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = schema  # type: ignore[method-assign]

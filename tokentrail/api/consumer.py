@@ -1,0 +1,110 @@
+"""The Kafka consumer of `tokentrail serve --kafka`: ingest and detection on a background thread,
+writing with the store's connection while the API reads through cursors of it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from tokentrail.config import Settings
+from tokentrail.detect.engine import Detection
+from tokentrail.detect.setup import detection_for
+from tokentrail.errors import TokentrailError
+from tokentrail.ingest.kafka import KafkaIngest
+from tokentrail.ingest.pipeline import BatchHook, Pipeline
+from tokentrail.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class BackgroundConsumer:
+    """Consumes `topic` in `group` into `store` until stopped; `stop` lets the batch in hand
+    finish (stored, offsets committed, detection run) before returning."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        *,
+        bootstrap: str,
+        topic: str,
+        group: str,
+        fmt: str = "auto",
+        detect: bool = True,
+        catalog_path: Path | None = None,
+        rules_path: Path | None = None,
+    ) -> None:
+        # Built now, before the API locks the database's settings (the engine sets one).
+        self.engine: Detection | None = (
+            detection_for(store, catalog_path=catalog_path, rules_path=rules_path)
+            if detect
+            else None
+        )
+        hooks: list[BatchHook] = [self.engine.on_batch] if self.engine is not None else []
+        self.pipeline = Pipeline(store, settings, hooks=hooks)
+        self._bootstrap, self._topic, self._group, self._fmt = bootstrap, topic, group, fmt
+        self._source: KafkaIngest | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._state = "stopped"
+        self._error: str | None = None
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def error(self) -> str | None:
+        return self._error
+
+    def totals(self) -> dict[str, int]:
+        t = self.pipeline.totals
+        return {
+            "read": t.read,
+            "stored": t.stored,
+            "duplicates": t.duplicates,
+            "dead_letters": t.dead_letters,
+        }
+
+    def start(self) -> None:
+        self._state = "running"
+        self._thread = threading.Thread(target=self._run, name="tt-consumer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._source = KafkaIngest(
+                self.pipeline,
+                bootstrap=self._bootstrap,
+                topic=self._topic,
+                group=self._group,
+                settings=self.pipeline.settings.kafka,
+                fmt=self._fmt,
+            )
+            if self._stop.is_set():
+                self._source.stop_requested.set()
+            self._source.run()
+            self._state = "stopped"
+        except TokentrailError as exc:
+            log.error("consumer stopped: %s", exc)
+            self._state, self._error = "failed", str(exc)
+        except Exception as exc:
+            log.exception("consumer failed")
+            self._state, self._error = "failed", f"internal error: {type(exc).__name__}"
+        finally:
+            try:
+                self.pipeline.close()
+                if self.engine is not None:
+                    self.engine.finish()
+            except TokentrailError as exc:
+                log.error("consumer could not finish: %s", exc)
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        self._stop.set()
+        if self._source is not None:
+            self._source.stop_requested.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                log.warning("consumer did not stop within %g s", timeout_s)

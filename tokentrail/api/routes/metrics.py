@@ -1,0 +1,44 @@
+"""Prometheus metrics: events ingested, dead letters, alerts by severity, API latency."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import PlainTextResponse
+
+from tokentrail.api.deps import ConnDep, StateDep, ViewerDep
+from tokentrail.api.metrics import gauge
+from tokentrail.store import api as sql
+
+router = APIRouter(tags=["metrics"])
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+def metrics(conn: ConnDep, state: StateDep, _: ViewerDep) -> PlainTextResponse:
+    """Prometheus text format (scrape with `authorization: {credentials: <viewer key>}`)."""
+    found = sql.counts(conn)
+    by_severity: dict[tuple[tuple[str, str], ...], float] = {}
+    for (severity, alert_status), n in found.alerts.items():
+        key = (("severity", severity), ("status", alert_status))
+        by_severity[key] = by_severity.get(key, 0) + n
+    lines = [
+        *gauge("tokentrail_events_stored", "Events in the store.", {(): found.events}),
+        *gauge("tokentrail_dead_letters", "Dead letters in the store.", {(): found.dead_letters}),
+        *gauge("tokentrail_tokens", "Tokens in the registry.", {(): found.tokens}),
+        *gauge("tokentrail_alerts", "Alerts by severity and status.", by_severity),
+    ]
+    if state.consumer is not None:
+        totals = state.consumer.totals()
+        lines += gauge(
+            "tokentrail_consumer_records",
+            "Records the background consumer handled since start, by outcome.",
+            {(("outcome", k),): v for k, v in totals.items()},
+        )
+        lines += gauge(
+            "tokentrail_consumer_up",
+            "1 while the background consumer runs.",
+            {(): 1 if state.consumer.state == "running" else 0},
+        )
+    lines += state.metrics.lines()
+    return PlainTextResponse(
+        "\n".join(lines) + "\n", media_type="text/plain; version=0.0.4; charset=utf-8"
+    )

@@ -1,0 +1,108 @@
+"""Tokens: ranked by blast radius; one token's report, blast radius, lineage and graph."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, status
+from fastapi.responses import Response
+
+from tokentrail.api.deps import CatalogDep, ConnDep, StateDep, ViewerDep
+from tokentrail.api.encoding import MsgspecJSON, schema_of
+from tokentrail.api.export import to_cytoscape, to_dot, to_graphml
+from tokentrail.api.models import TokensPage
+from tokentrail.graph import (
+    BlastRadius,
+    Lineage,
+    TokenGraph,
+    TokenReport,
+    blast_radius,
+    rank_tokens,
+    token_graph,
+    token_lineage,
+    token_report,
+)
+from tokentrail.graph.tokens import lookup_tokens
+
+router = APIRouter(prefix="/v1/tokens", tags=["tokens"])
+
+
+class GraphFormat(StrEnum):
+    json = "json"
+    cytoscape = "cytoscape"
+    graphml = "graphml"
+    dot = "dot"
+
+
+def _known(conn: ConnDep, token_id: str) -> None:
+    if not lookup_tokens(conn, token_ids=[token_id]):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no token {token_id!r}")
+
+
+@router.get("", response_class=MsgspecJSON, responses=schema_of(TokensPage))
+def list_tokens(
+    conn: ConnDep,
+    state: StateDep,
+    catalog: CatalogDep,
+    _: ViewerDep,
+    identity: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> MsgspecJSON:
+    """Tokens by blast radius score, highest first (`count` is the page's size)."""
+    with state.rank_lock:
+        ranked = rank_tokens(conn, catalog=catalog, top=limit, identity=identity)
+    return MsgspecJSON(TokensPage(data=ranked, count=len(ranked)))
+
+
+@router.get("/{token_id}", response_class=MsgspecJSON, responses=schema_of(TokenReport))
+def get_token(token_id: str, conn: ConnDep, catalog: CatalogDep, _: ViewerDep) -> MsgspecJSON:
+    """Registry entry, graph, lineage and blast radius of one token."""
+    return MsgspecJSON(token_report(conn, token_id=token_id, catalog=catalog))
+
+
+@router.get(
+    "/{token_id}/blast-radius", response_class=MsgspecJSON, responses=schema_of(BlastRadius)
+)
+def get_blast_radius(
+    token_id: str, conn: ConnDep, catalog: CatalogDep, _: ViewerDep
+) -> MsgspecJSON:
+    """What the token reached, weighted, with the contribution of each target."""
+    _known(conn, token_id)
+    return MsgspecJSON(blast_radius(conn, catalog=catalog, token_id=token_id))
+
+
+@router.get("/{token_id}/lineage", response_class=MsgspecJSON, responses=schema_of(Lineage))
+def get_lineage(token_id: str, conn: ConnDep, catalog: CatalogDep, _: ViewerDep) -> MsgspecJSON:
+    """The token's family (derived and parent tokens) and the reach of the family."""
+    _known(conn, token_id)
+    return MsgspecJSON(token_lineage(conn, token_id=token_id, catalog=catalog))
+
+
+_MEDIA = {
+    GraphFormat.graphml: "application/graphml+xml",
+    GraphFormat.dot: "text/vnd.graphviz",
+}
+_GRAPH_RESPONSES = schema_of(TokenGraph)
+_GRAPH_RESPONSES[200]["content"].update(
+    {media: {"schema": {"type": "string"}} for media in _MEDIA.values()}
+)
+
+
+@router.get("/{token_id}/graph", response_class=MsgspecJSON, responses=_GRAPH_RESPONSES)
+def get_graph(
+    token_id: str,
+    conn: ConnDep,
+    _: ViewerDep,
+    fmt: Annotated[GraphFormat, Query(alias="format")] = GraphFormat.json,
+) -> Response:
+    """The token's call graph as JSON, Cytoscape JSON, GraphML or DOT."""
+    _known(conn, token_id)
+    graph = token_graph(conn, token_id=token_id)
+    if fmt is GraphFormat.cytoscape:
+        return MsgspecJSON(to_cytoscape(graph))
+    if fmt is GraphFormat.graphml:
+        return Response(to_graphml(graph), media_type=_MEDIA[fmt])
+    if fmt is GraphFormat.dot:
+        return Response(to_dot(graph), media_type=_MEDIA[fmt])
+    return MsgspecJSON(graph)

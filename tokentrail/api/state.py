@@ -1,0 +1,100 @@
+"""What every request shares: the store, its catalog, the settings, metrics and the consumer."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import duckdb
+from pydantic import ValidationError
+
+from tokentrail.api.metrics import Metrics
+from tokentrail.api.settings import ApiSettings
+from tokentrail.catalog import Catalog
+from tokentrail.errors import ConfigError
+from tokentrail.store import Store
+from tokentrail.store import api as sql
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ApiState:
+    """The API's view of one store. Requests read and write through their own cursors of the
+    store's connection, so a consumer writing with the connection itself never waits for them."""
+
+    store: Store
+    settings: ApiSettings
+    catalog: Catalog
+    metrics: Metrics = field(default_factory=Metrics)
+    consumer: ConsumerStatus | None = None
+    # Ranking refreshes the stored blast scores; two refreshes at once would conflict.
+    rank_lock: threading.Lock = field(default_factory=threading.Lock)
+    _root: duckdb.DuckDBPyConnection | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A fresh cursor (its own transaction context) of the store's database."""
+        with self._lock:
+            if self._root is None:
+                self._root = self.store.conn.cursor()
+            return self._root.cursor()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._root is not None:
+                self._root.close()
+                self._root = None
+
+    def record(self, request: sql.RequestRow) -> None:
+        """Write one request to the log; a failure is logged, never turned into an error."""
+        try:
+            with self.cursor() as cur:
+                sql.log_request(cur, request=request)
+        except duckdb.Error as exc:
+            log.error("cannot record API request %s %s: %s", request.method, request.path, exc)
+
+
+class ConsumerStatus(Protocol):
+    """What the API needs to know about a background consumer (see tokentrail.api.consumer)."""
+
+    @property
+    def state(self) -> str: ...  # running | stopped | failed
+
+    @property
+    def error(self) -> str | None: ...
+
+    def totals(self) -> dict[str, int]: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...  # finish the batch in hand, then return
+
+
+def harden(conn: duckdb.DuckDBPyConnection) -> None:
+    """No file, network or extension access for any query of this database instance from now
+    on, and no setting changed again: the SQL endpoint runs analysts' queries on it.
+
+    The store's own writes need neither (batches arrive as registered Arrow tables).
+    """
+    locked = conn.execute("SELECT current_setting('lock_configuration')").fetchone()
+    if locked and locked[0]:
+        return  # hardened already (a second app over the same store)
+    conn.execute("SET enable_external_access = false")
+    conn.execute("SET autoinstall_known_extensions = false")
+    conn.execute("SET autoload_known_extensions = false")
+    conn.execute("SET lock_configuration = true")
+
+
+def stored_catalog(conn: duckdb.DuckDBPyConnection) -> Catalog:
+    """The catalog detection last ran with, or the empty one."""
+    text = sql.catalog_json(conn)
+    if text is None:
+        return Catalog()
+    try:
+        return Catalog.model_validate(json.loads(text))
+    except (ValidationError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"the stored catalog is unreadable: {exc}") from None

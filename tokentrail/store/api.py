@@ -1,0 +1,375 @@
+"""The query API's own SQL: API keys, the request log, alert triage history and event pages.
+
+Graph and alert reads reuse `tokentrail.store.graph` and `tokentrail.store.alerts`; what lives
+here is only what the API adds. Keys are stored as SHA-256 hashes of the full key, never the key.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Final, NamedTuple
+
+import duckdb
+
+from tokentrail.store.alerts import _ALERT_COLUMNS, AlertRow, _alert
+
+API_TABLES: Final = """
+-- Bearer keys of the query API; `key_hash` is sha256(key), the key itself is shown once.
+CREATE TABLE api_keys (
+    key_id     VARCHAR PRIMARY KEY,
+    name       VARCHAR NOT NULL,
+    role       VARCHAR NOT NULL,        -- viewer | analyst | admin
+    key_hash   VARCHAR NOT NULL UNIQUE,
+    created_at TIMESTAMPTZ NOT NULL,
+    revoked_at TIMESTAMPTZ
+);
+
+-- Every API request: who (key), what (method, path, query), when, and how it ended.
+CREATE TABLE api_requests (
+    requested_at TIMESTAMPTZ NOT NULL,
+    key_id      VARCHAR,                -- NULL: no valid key was presented
+    role        VARCHAR,
+    method      VARCHAR NOT NULL,
+    path        VARCHAR NOT NULL,
+    query       VARCHAR,
+    status      INTEGER NOT NULL,
+    duration_ms DOUBLE NOT NULL,
+    client      VARCHAR,
+    detail      VARCHAR                 -- e.g. the SQL of /v1/query, or why it was refused
+);
+
+-- Triage: the current assignee of an alert (status stays in `alerts`) ...
+CREATE TABLE alert_assignees (
+    alert_id   VARCHAR PRIMARY KEY,
+    assignee   VARCHAR,
+    updated_at TIMESTAMPTZ NOT NULL
+);
+
+-- ... and every change made to an alert through the API, with its note.
+CREATE TABLE alert_history (
+    alert_id      VARCHAR NOT NULL,
+    changed_at    TIMESTAMPTZ NOT NULL,
+    key_id        VARCHAR,
+    actor         VARCHAR,
+    status_from   VARCHAR,
+    status_to     VARCHAR,
+    assignee_from VARCHAR,
+    assignee_to   VARCHAR,
+    note          VARCHAR
+);
+"""
+
+
+# --- API keys ---------------------------------------------------------------------------------
+
+
+class KeyRow(NamedTuple):
+    key_id: str
+    name: str
+    role: str
+    key_hash: str
+    created_at: datetime
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+_KEY_COLUMNS: Final = (
+    "k.key_id, k.name, k.role, k.key_hash, k.created_at, k.revoked_at,"
+    " (SELECT max(r.requested_at) FROM api_requests r WHERE r.key_id = k.key_id)"
+)
+
+
+def insert_key(
+    conn: duckdb.DuckDBPyConnection, *, key_id: str, name: str, role: str, key_hash: str
+) -> None:
+    conn.execute(
+        "INSERT INTO api_keys VALUES (?, ?, ?, ?, now(), NULL)", [key_id, name, role, key_hash]
+    )
+
+
+def key_by_id(conn: duckdb.DuckDBPyConnection, *, key_id: str) -> KeyRow | None:
+    """One key, without its last use (looked up on every request, so kept to one row read)."""
+    rows = conn.execute(
+        "SELECT key_id, name, role, key_hash, created_at, revoked_at, NULL FROM api_keys"
+        " WHERE key_id = ?",
+        [key_id],
+    ).fetchall()
+    return KeyRow(*rows[0]) if rows else None
+
+
+def list_keys(conn: duckdb.DuckDBPyConnection) -> list[KeyRow]:
+    rows = conn.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys k ORDER BY k.created_at").fetchall()
+    return [KeyRow(*r) for r in rows]
+
+
+def revoke_key(conn: duckdb.DuckDBPyConnection, *, key_id: str) -> bool:
+    """Revoke a key; False when there is no such key (revoking twice keeps the first time)."""
+    rows = conn.execute(
+        "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE key_id = ?"
+        " RETURNING key_id",
+        [key_id],
+    ).fetchall()
+    return bool(rows)
+
+
+# --- request log ------------------------------------------------------------------------------
+
+
+class RequestRow(NamedTuple):
+    at: datetime
+    key_id: str | None
+    role: str | None
+    method: str
+    path: str
+    query: str | None
+    status: int
+    duration_ms: float
+    client: str | None
+    detail: str | None
+
+
+def log_request(conn: duckdb.DuckDBPyConnection, *, request: RequestRow) -> None:
+    conn.execute("INSERT INTO api_requests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", list(request))
+
+
+def recent_requests(
+    conn: duckdb.DuckDBPyConnection, *, key_id: str | None = None, limit: int = 100
+) -> list[RequestRow]:
+    """The newest requests first (one key's, when given)."""
+    rows = conn.execute(
+        "SELECT * FROM api_requests WHERE ($key IS NULL OR key_id = $key)"
+        " ORDER BY requested_at DESC LIMIT $limit",
+        {"key": key_id, "limit": limit},
+    ).fetchall()
+    return [RequestRow(*r) for r in rows]
+
+
+# --- alerts: one alert, triage ----------------------------------------------------------------
+
+
+def alert_by_id(conn: duckdb.DuckDBPyConnection, *, alert_id: str) -> AlertRow | None:
+    rows = conn.execute(
+        f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE alert_id = ?", [alert_id]
+    ).fetchall()
+    return _alert(rows[0]) if rows else None
+
+
+def assignees(conn: duckdb.DuckDBPyConnection, *, alert_ids: Sequence[str]) -> dict[str, str]:
+    if not alert_ids:
+        return {}
+    rows = conn.execute(
+        "SELECT alert_id, assignee FROM alert_assignees"
+        " WHERE list_contains($ids, alert_id) AND assignee IS NOT NULL",
+        {"ids": list(alert_ids)},
+    ).fetchall()
+    return {str(a): str(b) for a, b in rows}
+
+
+class HistoryRow(NamedTuple):
+    at: datetime
+    key_id: str | None
+    actor: str | None
+    status_from: str | None
+    status_to: str | None
+    assignee_from: str | None
+    assignee_to: str | None
+    note: str | None
+
+
+def alert_history(conn: duckdb.DuckDBPyConnection, *, alert_id: str) -> list[HistoryRow]:
+    rows = conn.execute(
+        "SELECT changed_at, key_id, actor, status_from, status_to, assignee_from, assignee_to, note"
+        " FROM alert_history WHERE alert_id = ? ORDER BY changed_at",
+        [alert_id],
+    ).fetchall()
+    return [HistoryRow(*r) for r in rows]
+
+
+_UNSET: Final = object()
+
+
+def triage_alert(
+    conn: duckdb.DuckDBPyConnection,
+    *,
+    alert_id: str,
+    key_id: str | None,
+    actor: str | None,
+    status: str | None,
+    assignee: object = _UNSET,
+    note: str | None,
+) -> bool:
+    """Change an alert's status and/or assignee and record the change with its note, in one
+    transaction. `assignee=None` unassigns; leaving it out keeps the assignee. False: no alert."""
+    conn.begin()
+    try:
+        found = conn.execute(
+            "SELECT a.status, t.assignee FROM alerts a"
+            " LEFT JOIN alert_assignees t USING (alert_id) WHERE a.alert_id = ?",
+            [alert_id],
+        ).fetchall()
+        if not found:
+            conn.rollback()
+            return False
+        old_status, old_assignee = found[0]
+        if status is not None and status != old_status:
+            conn.execute(
+                "UPDATE alerts SET status = ?, updated_at = now() WHERE alert_id = ?",
+                [status, alert_id],
+            )
+        new_assignee = old_assignee if assignee is _UNSET else assignee
+        if new_assignee != old_assignee:
+            conn.execute(
+                "INSERT INTO alert_assignees VALUES (?, ?, now())"
+                " ON CONFLICT DO UPDATE SET assignee = EXCLUDED.assignee,"
+                " updated_at = EXCLUDED.updated_at",
+                [alert_id, new_assignee],
+            )
+        conn.execute(
+            "INSERT INTO alert_history VALUES (?, now(), ?, ?, ?, ?, ?, ?, ?)",
+            [
+                alert_id,
+                key_id,
+                actor,
+                old_status,
+                status if status is not None else old_status,
+                old_assignee,
+                new_assignee,
+                note,
+            ],
+        )
+    except BaseException:
+        conn.rollback()
+        raise
+    conn.commit()
+    return True
+
+
+# --- events -----------------------------------------------------------------------------------
+
+EVENT_COLUMNS: Final = (
+    "event_id",
+    "ts",
+    "token_id",
+    "identity",
+    "source",
+    "target",
+    "operation",
+    "scope",
+    "outcome",
+    "status",
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "environment",
+    "identity_kind",
+    "resource",
+    "source_ip",
+    "user_agent",
+    "bytes_out",
+    "task_id",
+    "actor",
+    "token_kind",
+    "flags",
+    "attributes",
+)
+
+# Filters of `events_page`: query parameter -> column (all equality).
+EVENT_FILTERS: Final = (
+    "token_id",
+    "identity",
+    "source",
+    "target",
+    "operation",
+    "scope",
+    "outcome",
+    "trace_id",
+    "environment",
+    "task_id",
+)
+
+
+def _event_dict(row: tuple[Any, ...]) -> dict[str, Any]:
+    values = dict(zip(EVENT_COLUMNS, row, strict=True))
+    if values["attributes"] is not None:
+        values["attributes"] = json.loads(values["attributes"])
+    return values
+
+
+def events_page(
+    conn: duckdb.DuckDBPyConnection,
+    *,
+    filters: dict[str, str],
+    since: datetime | None,
+    until: datetime | None,
+    after: tuple[datetime, str] | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Events newest first (by ts, then event_id), strictly below the cursor `after`; at most
+    `limit`. Unknown filter names raise KeyError: callers pass names from EVENT_FILTERS."""
+    where = ["($since IS NULL OR ts >= $since)", "($until IS NULL OR ts < $until)"]
+    params: dict[str, Any] = {"since": since, "until": until, "limit": limit}
+    for name, value in filters.items():
+        if name not in EVENT_FILTERS:
+            raise KeyError(name)
+        where.append(f"{name} = ${name}")
+        params[name] = value
+    if after is not None:
+        where.append("(ts, event_id) < ($after_ts, $after_id)")
+        params["after_ts"], params["after_id"] = after
+    rows = conn.execute(
+        f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE {' AND '.join(where)}"
+        " ORDER BY ts DESC, event_id DESC LIMIT $limit",
+        params,
+    ).fetchall()
+    return [_event_dict(r) for r in rows]
+
+
+def events_by_id(
+    conn: duckdb.DuckDBPyConnection, *, event_ids: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The stored events among `event_ids`, in event time order."""
+    if not event_ids:
+        return []
+    rows = conn.execute(
+        f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE list_contains($ids, event_id)"
+        " ORDER BY ts, event_id",
+        {"ids": list(event_ids)},
+    ).fetchall()
+    return [_event_dict(r) for r in rows]
+
+
+# --- readiness and metrics --------------------------------------------------------------------
+
+
+def schema_version(conn: duckdb.DuckDBPyConnection) -> int:
+    row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+    return int(row[0]) if row else 0
+
+
+class Counts(NamedTuple):
+    events: int
+    dead_letters: int
+    tokens: int
+    alerts: dict[tuple[str, str], int]  # (severity, status) -> alerts
+
+
+def counts(conn: duckdb.DuckDBPyConnection) -> Counts:
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM dead_letters),"
+        " (SELECT count(*) FROM tokens)"
+    ).fetchone()
+    assert row is not None
+    alerts = conn.execute(
+        "SELECT severity, status, count(*) FROM alerts GROUP BY ALL ORDER BY ALL"
+    ).fetchall()
+    return Counts(
+        int(row[0]), int(row[1]), int(row[2]), {(str(s), str(t)): int(n) for s, t, n in alerts}
+    )
+
+
+def catalog_json(conn: duckdb.DuckDBPyConnection) -> str | None:
+    """The catalog detection last ran with (stored by `tokentrail ingest/detect --catalog`)."""
+    rows = conn.execute("SELECT content FROM detect_config WHERE name = 'catalog'").fetchall()
+    return str(rows[0][0]) if rows else None
