@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DB      ?= demo.duckdb
 
-.PHONY: install lint test bench demo clean
+.PHONY: install lint test bench demo clean system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,18 +20,26 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check tokentrail tests bench
 	$(BIN)/mypy tokentrail
 
-test: lint
+# System packages the tests run for real: rsyslog receives the syslog sink's CEF (Debian, root).
+system-deps:
+	command -v rsyslogd >/dev/null || test -x /usr/sbin/rsyslogd || (apt-get update \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends rsyslog)
+
+test: lint system-deps
 	$(BIN)/pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/graph.py
 
 # Until `tokentrail demo` (embedded broker, live stream, API) lands: the end-to-end path on files.
 demo: $(STAMP)
 	$(BIN)/tokentrail simulate --out demo-world --days 2 --seed 7
-	$(BIN)/tokentrail ingest demo-world/events.jsonl --db $(DB)
+	$(BIN)/tokentrail ingest demo-world/events.jsonl --db $(DB) --catalog demo-world/catalog.toml
 	$(BIN)/tokentrail stats --db $(DB)
 	$(BIN)/tokentrail tokens --db $(DB) --top 10 --format table
+	$(BIN)/tokentrail alerts --db $(DB) --format table
+	$(BIN)/tokentrail evaluate --db $(DB) --labels demo-world/labels.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

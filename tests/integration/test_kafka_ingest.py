@@ -56,7 +56,8 @@ class Consumer:
         self.assigned = threading.Event()
         command = [
             TOKENTRAIL, "-v", "ingest", "--kafka", broker.bootstrap, "--topic", topic,
-            "--group", "g", "--db", str(db), *args,
+            # One group per topic: members SIGKILLed by another test must not slow this join.
+            "--group", f"g-{topic}", "--db", str(db), *args,
         ]  # fmt: skip
         self.process = subprocess.Popen(
             command,
@@ -109,7 +110,7 @@ def test_sigkill_mid_stream_loses_nothing_and_stores_nothing_twice(
     rng = random.Random(5)
     seen = []
     # Small polls make many small transactions, so each kill lands between or inside one.
-    small = {"TOKENTRAIL_KAFKA__MAX_POLL_RECORDS": "300"}
+    small = {"TOKENTRAIL_KAFKA__MAX_POLL_RECORDS": "1200"}
     for _ in range(4):
         consumer = Consumer(broker, name, db, **small)
         consumer.wait_assigned()

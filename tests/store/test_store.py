@@ -201,3 +201,12 @@ def test_a_file_that_is_not_duckdb_is_one_clear_error(tmp_path: Path) -> None:
     path.write_text("hello\n" * 1000)
     with pytest.raises(StoreError, match="cannot open"):
         Store.open(path)
+
+
+def test_a_database_opens_read_only_for_readers(tmp_path: Path) -> None:
+    path = tmp_path / "t.duckdb"
+    with Store.open(path) as writer:
+        ingest(writer, [call()])
+    with Store.open(path, read_only=True) as reader:
+        assert reader.stats()["events"] == 1
+        assert reader.version == LATEST

@@ -18,10 +18,11 @@ from rich.table import Table
 from tokentrail.cli.app import DbOption, app, err
 from tokentrail.detect.evaluate import Evaluation, Scores, evaluate, load_labels
 from tokentrail.detect.model import SEVERITIES
-from tokentrail.detect.ocsf import detection_finding
 from tokentrail.detect.setup import detection_for
 from tokentrail.errors import StoreError, TokentrailError
 from tokentrail.events import EPOCH, ONE_US
+from tokentrail.sinks.cef import cef_line
+from tokentrail.sinks.ocsf import detection_finding
 from tokentrail.store import Store
 from tokentrail.store import alerts as sql
 from tokentrail.store.alerts import AlertRow
@@ -54,6 +55,7 @@ class AlertFormat(StrEnum):
     json = "json"
     table = "table"
     ocsf = "ocsf"
+    cef = "cef"
 
 
 class Status(StrEnum):
@@ -190,11 +192,13 @@ def alerts(
     ),
     limit: Annotated[int | None, typer.Option("--limit", help="At most this many.")] = None,
 ) -> None:
-    """Alerts, most severe first: one JSON object per line, a table, or OCSF findings.
+    """Alerts, most severe first: one JSON object per line, a table, OCSF findings (one
+    Detection Finding per line) or CEF lines, for a pipe.
 
     Examples:
       tokentrail alerts --db audit.duckdb --min-severity high
       tokentrail alerts --db audit.duckdb --format json --status open
+      tokentrail alerts --db audit.duckdb --format cef | logger --rfc5424 -n siem -T -P 514
     """
     levels: list[str] | None = [s.value for s in severity] if severity else None
     if min_severity is not None:
@@ -212,6 +216,9 @@ def alerts(
     elif fmt is AlertFormat.ocsf:
         for row in rows:
             typer.echo(msgspec.json.encode(detection_finding(row)).decode())
+    elif fmt is AlertFormat.cef:
+        for row in rows:
+            typer.echo(cef_line(row))
     else:
         table = Table("severity", "score", "detector", "title", "first seen", "count", "status")
         for row in rows:

@@ -22,7 +22,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
@@ -112,14 +112,18 @@ class KafkaIngest:
                         return
                     continue
                 self.last_activity = time.monotonic()
-                batch = self._batch(polled)
-                if not len(batch):
-                    continue
-                self.pipeline.write(batch)
-                self.floor.update(batch.offsets)
-                self._commit_group(batch)
-                if on_batch is not None:
-                    on_batch(batch)
+                # Each chunk is validated while the one before it is written; all are stored
+                # before the next poll, so a rebalance never finds records in flight.
+                written = []
+                for batch in self._batches(polled):
+                    self.pipeline.submit(batch)
+                    written.append(batch)
+                self.pipeline.drain()
+                for batch in written:
+                    self.floor.update(batch.offsets)
+                    self._commit_group(batch)
+                    if on_batch is not None:
+                        on_batch(batch)
         except KafkaError as exc:
             raise SourceError(f"Kafka consumer failed: {exc}") from None
         finally:
@@ -138,7 +142,9 @@ class KafkaIngest:
             if self.consumer.position(tp) < stored[partition]:
                 self.consumer.seek(tp, stored[partition])
 
-    def _batch(self, polled: dict[Any, list[Any]]) -> Batch:
+    def _batches(self, polled: dict[Any, list[Any]]) -> Iterator[Batch]:
+        """The polled records as batches of at most a quarter poll, validated lazily."""
+        size = max(1, self.settings.max_poll_records // 4)
         batch = Batch("kafka", self.topic)
         feed = self.feed
         for tp, records in polled.items():
@@ -147,12 +153,14 @@ class KafkaIngest:
             if floor is not None and records[0].offset < floor:
                 # Already stored (fetched before the seek to the stored offset took effect).
                 records = records[bisect.bisect_left(records, floor, key=lambda r: r.offset) :]
-                if not records:
-                    continue
             for record in records:
                 feed(batch, record.value or b"", partition, record.offset)
-            batch.offsets[partition] = records[-1].offset + 1
-        return batch
+                batch.offsets[partition] = record.offset + 1
+                if len(batch) >= size:
+                    yield batch
+                    batch = Batch("kafka", self.topic)
+        if len(batch):
+            yield batch
 
     def _commit_group(self, batch: Batch) -> None:
         """Tell the group what is stored (for lag monitoring and other workers); best effort."""

@@ -148,17 +148,23 @@ LATEST: Final = MIGRATIONS[-1].version
 
 
 def current_version(conn: duckdb.DuckDBPyConnection) -> int:
-    """The schema version of an open database (0 for a new, empty file)."""
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations ("
-        " version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
-    )
+    """The schema version of an open database (0 for a new, empty file); reads only."""
+    exists = conn.execute(
+        "SELECT count(*) FROM duckdb_tables()"
+        " WHERE database_name = current_database() AND table_name = 'schema_migrations'"
+    ).fetchone()
+    if not exists or not exists[0]:
+        return 0
     row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
     return int(row[0]) if row else 0
 
 
 def migrate(conn: duckdb.DuckDBPyConnection, *, target: int = LATEST) -> list[int]:
     """Apply every migration above the file's version up to `target`; returns those applied."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
+    )
     version = current_version(conn)
     applied = []
     for migration in MIGRATIONS:
