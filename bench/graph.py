@@ -98,11 +98,16 @@ def orchestrate(args: argparse.Namespace, work: Path) -> None:
         questions = pick_questions(conn, args.chains, args.tokens, args.pairs)
     (work / QUESTIONS).write_text(json.dumps(questions))
     print(f"{counts['events']:,} events; {json.dumps(counts)}", file=sys.stderr)
-    results = {"tokentrail": _side(work, "tokentrail", args.rank_repeat)}
+    results: dict[str, Any] = {"counts": counts, "setup": setup}
+    results["tokentrail"] = _side(work, "tokentrail", args.rank_repeat)
+    (work / "results.json").write_text(json.dumps(results, indent=2))
     if not args.skip_baseline:
-        results["baseline"] = _side(work, "baseline", args.baseline_repeat)
+        try:
+            results["baseline"] = _side(work, "baseline", args.baseline_repeat)
+        except SideFailedError as exc:
+            print(f"the baseline did not finish: {exc}", file=sys.stderr)
+        (work / "results.json").write_text(json.dumps(results, indent=2))
     report(results, counts, setup)
-    (work / "results.json").write_text(json.dumps({"counts": counts, **results}, indent=2))
 
 
 def _tokentrail() -> str:
@@ -130,6 +135,10 @@ def pick_questions(
     }
 
 
+class SideFailedError(Exception):
+    """A side's process failed (the baseline runs out of memory on large inputs)."""
+
+
 def _side(work: Path, side: str, repeat: int) -> dict[str, Any]:
     """Run one side in a fresh process; its peak RSS comes from the kernel (wait4)."""
     print(f"running the {side} side ...", file=sys.stderr)
@@ -140,7 +149,9 @@ def _side(work: Path, side: str, repeat: int) -> dict[str, Any]:
     output = process.stdout.read()
     _, status, usage = os.wait4(process.pid, 0)
     if status != 0:
-        sys.exit(f"the {side} side failed ({status})")
+        raise SideFailedError(
+            f"the {side} side exited with status {status} (killed when out of memory?)"
+        )
     result: dict[str, Any] = json.loads(output)
     result["peak_rss_mb"] = usage.ru_maxrss / 1024
     return result
