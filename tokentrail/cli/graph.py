@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Final
 
 import msgspec
 import typer
@@ -184,8 +184,10 @@ def tokens(
 
     Example: tokentrail tokens --db audit.duckdb --top 20 --catalog catalog.toml
     """
+    # A terminal table of every token of a large store helps nobody: 50 unless asked.
+    shown = top if top is not None or fmt is Output.json else _TABLE_TOP
     with _store(db) as store:
-        ranked = rank_tokens(store.conn, catalog=_catalog(catalog), top=top, identity=identity)
+        ranked = rank_tokens(store.conn, catalog=_catalog(catalog), top=shown, identity=identity)
     if fmt is Output.json:
         _json(ranked)
         return
@@ -203,6 +205,11 @@ def tokens(
             Text(",".join(radius.environments)),
         )
     out.print(table)
+    if top is None and len(ranked) == _TABLE_TOP:
+        out.print(f"(the {_TABLE_TOP} highest; --top N for more, --format json for all)")
+
+
+_TABLE_TOP: Final = 50
 
 
 def _breakdown(radius: BlastRadius, limit: int = 20) -> Table:
