@@ -47,6 +47,7 @@ from tokentrail.graph import (
     TokenReport,
     UnknownSubjectError,
 )
+from tokentrail.sinks.delivery import Deliverer, DeliveryThread
 from tokentrail.store import Store
 from tokentrail.store.api import RequestRow
 
@@ -72,14 +73,21 @@ def create_app(
     *,
     catalog: Catalog | None = None,
     consumer: ConsumerStatus | None = None,
+    deliverer: Deliverer | None = None,
 ) -> FastAPI:
     """The API over `store`. Locks the database instance down for the SQL endpoint (no file or
-    network access, settings frozen) — create any writer that needs settings before this."""
+    network access, settings frozen) — create any writer that needs settings before this.
+
+    With a `deliverer` that has routes, alerts are delivered to its sinks on a background thread
+    (its own cursor) while the app runs, and `/metrics` reports delivery."""
+    if deliverer is not None and not deliverer.routes:
+        deliverer = None
     state = ApiState(
         store=store,
         settings=settings,
         catalog=catalog if catalog is not None else stored_catalog(store.conn),
         consumer=consumer,
+        deliverer=deliverer,
     )
     harden(store.conn)
 
@@ -87,11 +95,14 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if consumer is not None:
             consumer.start()
+        delivery = DeliveryThread(store.conn, deliverer).start() if deliverer is not None else None
         try:
             yield
         finally:
             if consumer is not None:
                 await run_in_threadpool(consumer.stop)
+            if delivery is not None:
+                await run_in_threadpool(delivery.stop)
             state.close()
 
     app = FastAPI(

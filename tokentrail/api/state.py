@@ -15,6 +15,7 @@ from tokentrail.api.metrics import Metrics
 from tokentrail.api.settings import ApiSettings
 from tokentrail.catalog import Catalog
 from tokentrail.errors import ConfigError
+from tokentrail.sinks.delivery import Deliverer
 from tokentrail.store import Store
 from tokentrail.store import api as sql
 
@@ -31,6 +32,7 @@ class ApiState:
     catalog: Catalog
     metrics: Metrics = field(default_factory=Metrics)
     consumer: ConsumerStatus | None = None
+    deliverer: Deliverer | None = None  # delivers alerts to SIEM sinks (docs/SINKS.md)
     # Ranking refreshes the stored blast scores; two refreshes at once would conflict.
     rank_lock: threading.Lock = field(default_factory=threading.Lock)
     _root: duckdb.DuckDBPyConnection | None = None

@@ -48,7 +48,9 @@ def serve(
     """Serve the query API (OpenAPI docs at /docs); with --kafka, ingest and detect too.
 
     The API reads through cursors of the connection the consumer writes with: DuckDB has one
-    writer process. SIGTERM stops the consumer after the batch in hand, then the server.
+    writer process. With sinks in the settings, alerts are delivered to them in the background
+    too (docs/SINKS.md). SIGTERM stops the consumer after the batch in hand, then delivery, then
+    the server.
 
     Examples:
       tokentrail serve --db audit.duckdb
@@ -59,6 +61,7 @@ def serve(
     from tokentrail.api import api_settings, create_app
     from tokentrail.api.consumer import BackgroundConsumer
     from tokentrail.catalog import load_catalog
+    from tokentrail.sinks.delivery import Deliverer
 
     if kafka and not topic:
         raise TokentrailError("--kafka needs --topic")
@@ -76,11 +79,13 @@ def serve(
                 catalog_path=catalog,
                 rules_path=rules,
             )
+        sinks = settings().sinks
         api = create_app(
             store,
             api_settings(),
             catalog=load_catalog(catalog) if catalog is not None else None,
             consumer=consumer,
+            deliverer=Deliverer.from_settings(sinks) if sinks.outputs else None,
         )
         with store.conn.cursor() as cur:
             if not sql.list_keys(cur):

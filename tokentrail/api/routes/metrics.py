@@ -1,4 +1,5 @@
-"""Prometheus metrics: events ingested, dead letters, alerts by severity, API latency."""
+"""Prometheus metrics: events ingested, dead letters, alerts by severity, sink delivery, API
+latency."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from fastapi.responses import PlainTextResponse
 
 from tokentrail.api.deps import ConnDep, StateDep, ViewerDep
 from tokentrail.api.metrics import gauge
+from tokentrail.sinks.delivery import prometheus
 from tokentrail.store import api as sql
 
 router = APIRouter(tags=["metrics"])
@@ -38,6 +40,8 @@ def metrics(conn: ConnDep, state: StateDep, _: ViewerDep) -> PlainTextResponse:
             "1 while the background consumer runs.",
             {(): 1 if state.consumer.state == "running" else 0},
         )
+    if state.deliverer is not None:
+        lines += prometheus(conn, state.deliverer).splitlines()
     lines += state.metrics.lines()
     return PlainTextResponse(
         "\n".join(lines) + "\n", media_type="text/plain; version=0.0.4; charset=utf-8"
