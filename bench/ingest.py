@@ -4,7 +4,9 @@
     own `read_json` loading the same file with no validation at all;
 (b) Kafka end to end (consume + the same pipeline) against a bare kafka-python consume loop
     reading the same topic;
-(c) peak RSS of a whole `tokentrail ingest` process as the input grows.
+(c) peak RSS of a whole `tokentrail ingest` process as the input grows;
+(d) adapters: CloudTrail, Zipkin and OTLP files (the real fixtures repeated, ids rewritten per
+    copy) against the same events given as native contract events.
 
     .venv/bin/python bench/ingest.py                  # 300k events, RSS at 100k and 1M
     .venv/bin/python bench/ingest.py --events 1000000 --rss 100000,1000000,5000000
@@ -15,6 +17,9 @@ Medians of --repeat runs are printed; the machine is shared, so read the ratios.
 from __future__ import annotations
 
 import argparse
+import gzip
+import itertools
+import math
 import random
 import statistics
 import subprocess
@@ -31,13 +36,16 @@ from kafka import KafkaConsumer, KafkaProducer
 from tokentrail.batch import Batch
 from tokentrail.broker import FAST_GROUP_SETTINGS, EmbeddedBroker
 from tokentrail.config import Settings
+from tokentrail.ingest.adapters import Mapped
 from tokentrail.ingest.files import RecordFile
+from tokentrail.ingest.formats import adapt_file, adapt_records
 from tokentrail.ingest.kafka import KafkaIngest
 from tokentrail.ingest.pipeline import Pipeline
 from tokentrail.ingest.replay import ingest_file
 from tokentrail.store import Store
 
 T0_MS = 1_772_442_000_000
+FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 SERVICES = [f"svc-{i}" for i in range(60)]
 OPERATIONS = ["GET /v1/items", "POST /v1/items", "GET /v1/items/{id}", "DELETE /v1/items/{id}"]
 
@@ -92,13 +100,15 @@ def timed(fn: Callable[[], object], repeat: int) -> float:
     return statistics.median(runs)
 
 
-def tokentrail_file(path: Path, db: Path) -> None:
+def tokentrail_file(path: Path, db: Path, fmt: str = "events") -> int:
+    """Events stored from `path` read as `fmt`, by a fresh store and pipeline (no hooks)."""
     db.unlink(missing_ok=True)
     settings = Settings()
     with Store.open(db) as store, Pipeline(store, settings) as pipeline:
         source = RecordFile(str(path))
-        ingest_file(pipeline, source, fmt="events", batch_size=settings.file_batch_size)
+        ingest_file(pipeline, source, fmt=fmt, batch_size=settings.file_batch_size)
         assert pipeline.totals.stored > 0
+        return pipeline.totals.stored
 
 
 def duckdb_read_json(path: Path, db: Path) -> None:
@@ -225,13 +235,115 @@ def bench_rss(sizes: list[int], work: Path) -> None:
         db.unlink()
 
 
+def fixture_records(fmt: str) -> list[bytes]:
+    """The real records of tests/fixtures/FMT: one CloudTrail record, Zipkin array, OTLP request."""
+    records: list[bytes] = []
+    for path in sorted((FIXTURES / fmt).iterdir()):
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        if fmt == "cloudtrail":
+            records.extend(msgspec.json.encode(r) for r in msgspec.json.decode(raw))
+        else:
+            records.append(msgspec.json.encode(msgspec.json.decode(raw)))
+    return records
+
+
+def rewrite(node: object, key: str, new: Callable[[str], str]) -> None:
+    """Replace, in place, every string value of `key` anywhere in `node` by `new(value)`."""
+    if isinstance(node, dict):
+        for k, value in node.items():
+            if k == key and isinstance(value, str):
+                node[k] = new(value)
+            else:
+                rewrite(value, key, new)
+    elif isinstance(node, list):
+        for value in node:
+            rewrite(value, key, new)
+
+
+def renamer(fmt: str, copy: int, numbers: Iterator[int]) -> tuple[str, Callable[[str], str]]:
+    """The id key of `fmt` and how copy number `copy` rewrites it."""
+    if fmt == "cloudtrail":
+        return "eventID", lambda value: f"{value}-{copy:06d}"
+    traces: dict[str, str] = {}  # one fresh id per trace of this copy, of the same length
+
+    def new(value: str) -> str:
+        if value.lower() not in traces:
+            traces[value.lower()] = f"{next(numbers):0{len(value)}x}"
+        return traces[value.lower()]
+
+    return "traceId", new
+
+
+def write_adapted_file(path: Path, fmt: str, n: int) -> int:
+    """About `n` events of `fmt`: copies of the fixture records, each copy with ids of its own.
+
+    CloudTrail: `eventID` gets the copy number; Zipkin and OTLP: each trace gets a fresh
+    `traceId` (of the same length) per copy. Returns the number of copies.
+    """
+    base = fixture_records(fmt)
+    per_copy = sum(isinstance(i, Mapped) for i in adapt_records(base, fmt, Settings().adapters))
+    copies = math.ceil(n / per_copy)
+    numbers = itertools.count(1)
+    with path.open("wb", buffering=1 << 20) as out:
+        for copy in range(copies):
+            key, new = renamer(fmt, copy, numbers)
+            for raw in base:
+                record = msgspec.json.decode(raw)
+                rewrite(record, key, new)
+                out.write(msgspec.json.encode(record) + b"\n")
+    return copies
+
+
+def write_native_file(path: Path, adapted: Path, fmt: str) -> int:
+    """The events the adapter makes of `adapted`, as native contract JSON lines; their number."""
+    _, items = adapt_file(adapted, fmt, Settings().adapters)
+    written = 0
+    with path.open("wb", buffering=1 << 20) as out:
+        for item in items:
+            if isinstance(item, Mapped):
+                out.write(item.event + b"\n")
+                written += 1
+    return written
+
+
+def bench_adapters(n: int, repeat: int, work: Path) -> None:
+    print(f"(d) adapters: ~{n:,} fixture events per format, --no-detect (median of {repeat})")
+    for fmt in ("cloudtrail", "zipkin", "otlp"):
+        bench_adapter(fmt, n, repeat, work)
+
+
+def bench_adapter(fmt: str, n: int, repeat: int, work: Path) -> None:
+    adapted, native = work / f"{fmt}.jsonl", work / f"{fmt}-native.jsonl"
+    copies = write_adapted_file(adapted, fmt, n)
+    count = write_native_file(native, adapted, fmt)
+    db = work / f"{fmt}.duckdb"
+    stored: dict[str, int] = {}
+
+    def run(path: Path, as_fmt: str) -> None:
+        stored[as_fmt] = tokentrail_file(path, db, as_fmt)
+
+    ours = timed(lambda: run(adapted, fmt), repeat)
+    theirs = timed(lambda: run(native, "events"), repeat)
+    assert stored[fmt] == stored["events"], stored
+    print(
+        f"    {fmt:<10} {count:>8,} events ({copies:,} copies of the fixtures,"
+        f" {adapted.stat().st_size / count:,.0f} bytes/event in, {stored[fmt]:,} stored)"
+    )
+    print(f"      adapted            {count / ours:>10,.0f} events/s")
+    print(f"      native events      {count / theirs:>10,.0f} events/s")
+    print(f"      ratio              {theirs / ours:>10.2f}x of the native rate (adapted / native)")
+    for path in (adapted, native, db):
+        path.unlink(missing_ok=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--kafka-events", type=int, default=200_000)
+    parser.add_argument("--adapter-events", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--rss", default="100000,1000000", help="sizes, comma-separated")
-    parser.add_argument("--skip", default="", help="parts to skip: files,kafka,rss")
+    parser.add_argument("--skip", default="", help="parts to skip: files,kafka,rss,adapters")
     args = parser.parse_args()
     skip = set(args.skip.split(","))
     with tempfile.TemporaryDirectory(prefix="tt-bench-") as tmp:
@@ -242,6 +354,8 @@ def main() -> None:
             bench_kafka(args.kafka_events, args.repeat, work)
         if "rss" not in skip:
             bench_rss(sorted(int(s) for s in args.rss.split(",")), work)
+        if "adapters" not in skip:
+            bench_adapters(args.adapter_events, args.repeat, work)
 
 
 if __name__ == "__main__":
