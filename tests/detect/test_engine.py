@@ -163,6 +163,31 @@ def test_a_replayed_token_is_one_alert(tmp_path: Path) -> None:
     assert alert.event_ids == ["replay-0"]  # later calls from that address are known now
 
 
+@pytest.mark.parametrize(
+    ("addresses", "alerts"),
+    [
+        (["10.0.0.7", "10.0.0.99", "10.0.0.250"], 0),  # pods moving inside one /24
+        (["2001:db8:1:2::5", "2001:db8:1:ff::9"], 0),  # one IPv6 /48
+        (["10.0.0.7", "10.9.0.7"], 1),  # a second network
+    ],
+)
+def test_a_token_moving_inside_its_network_is_not_a_replay(
+    tmp_path: Path, addresses: list[str], alerts: int
+) -> None:
+    first = {"2001": "2001:db8:1:2::1"}.get(addresses[0][:4], "10.0.0.1")
+    events = [{**e, "source_ip": first} for e in routine(30)] + [
+        call(
+            ts=T0_MS + 30 * HOUR_MS + n * 60_000,
+            token_id="tok-1",
+            source_ip=address,
+            event_id=f"moved-{n}",
+        )
+        for n, address in enumerate(addresses)
+    ]
+    store = run(tmp_path, events)
+    assert len([a for a in list_alerts(store.conn) if a.detector == "token_replay"]) == alerts
+
+
 def test_suppression_keeps_the_alert_out_of_the_way(tmp_path: Path) -> None:
     rules = parse_rules(
         '[[suppress]]\ndetector = "token_replay"\nidentity = "spiffe://prod/*"\n'

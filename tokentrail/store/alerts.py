@@ -252,7 +252,7 @@ def catalog_tables(
 
 # Facts the window's calls show, aggregated: (subject, facet, value) with its first call. A fact
 # that is not in `detect_seen` is novel, on that first call.
-_FACTS: Final = """
+_FACTS: Final = r"""
 CREATE OR REPLACE TEMP TABLE detect_facts AS
 WITH w AS (
     SELECT d.*, coalesce(p.privilege, 'read') AS privilege,
@@ -266,7 +266,15 @@ WITH w AS (
     UNION ALL SELECT event_id, ts, identity, 'privilege', privilege FROM w
     UNION ALL SELECT event_id, ts, identity, 'task_target', task_kind || ' ' || target FROM w
               WHERE task_kind IS NOT NULL
-    UNION ALL SELECT event_id, ts, token_id, 'token_ip', source_ip FROM w
+    -- A token's network, not its address: pods, NAT pools and serverless move within one
+    -- (an IPv4 /24, an IPv6 /48); a replay from elsewhere lands outside it.
+    UNION ALL SELECT event_id, ts, token_id, 'token_ip',
+                     coalesce(nullif(regexp_extract(source_ip, '^(\d+\.\d+\.\d+)\.\d+$', 1), '')
+                                  || '.0/24',
+                              nullif(regexp_extract(lower(source_ip),
+                                                    '^([0-9a-f]*:[0-9a-f]*:[0-9a-f]*):', 1), '')
+                                  || '::/48',
+                              source_ip) FROM w
               WHERE source_ip IS NOT NULL
     UNION ALL SELECT event_id, ts, token_id, 'token_identity', identity FROM w
     UNION ALL SELECT event_id, ts, token_id, 'token_source', source FROM w
