@@ -39,7 +39,7 @@ demo: $(STAMP)
 	$(BIN)/tokentrail stats --db $(DB)
 	$(BIN)/tokentrail tokens --db $(DB) --top 10 --format table
 	$(BIN)/tokentrail alerts --db $(DB) --format table
-	$(BIN)/tokentrail evaluate --db $(DB) --labels demo-world/labels.json
+	$(BIN)/tokentrail evaluate --db $(DB) --labels demo-world/labels.json --format table
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
