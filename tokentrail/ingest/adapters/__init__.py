@@ -22,6 +22,7 @@ from typing import Any, Final
 
 import msgspec
 
+from tokentrail.config import AdapterSettings
 from tokentrail.events import EPOCH, MAX_EPOCH_MS, MIN_EPOCH_MS
 
 __all__ = [
@@ -156,3 +157,13 @@ class Picker:
                         ranks[field] = key
                         found[field] = value
         return found
+
+
+def configured_fields(settings: AdapterSettings) -> dict[str, Sequence[str]]:
+    """The attribute (or tag) names, per event field, that the operator's settings choose."""
+    return {
+        "token": settings.token_attributes,
+        "identity": settings.identity_attributes,
+        "scope": settings.scope_attributes,
+        "identity_kind": ["tokentrail.identity_kind"],
+    }

@@ -47,6 +47,7 @@ from tokentrail.ingest.adapters import (
     Picker,
     Unmapped,
     clip,
+    configured_fields,
     encode,
     rfc3339,
     why,
@@ -407,13 +408,7 @@ class Options:
         )
         found = _OPTIONS.get(key)
         if found is None:
-            fields = {
-                "token": settings.token_attributes,
-                "identity": settings.identity_attributes,
-                "scope": settings.scope_attributes,
-                "identity_kind": ["tokentrail.identity_kind"],
-                **_FIELDS,
-            }
+            fields = {**configured_fields(settings), **_FIELDS}
             found = cls(
                 frozenset(settings.otlp_span_kinds),
                 Picker(fields),

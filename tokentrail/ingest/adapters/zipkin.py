@@ -46,6 +46,7 @@ from tokentrail.ingest.adapters import (
     Picker,
     Unmapped,
     clip,
+    configured_fields,
     encode,
     rfc3339,
     why,
@@ -318,10 +319,7 @@ class Options:
         found = _OPTIONS.get(key)
         if found is None:
             fields = {
-                "token": settings.token_attributes,
-                "identity": settings.identity_attributes,
-                "scope": settings.scope_attributes,
-                "identity_kind": ["tokentrail.identity_kind"],
+                **configured_fields(settings),
                 "environment": _ENVIRONMENT,
                 "resource": _PATH,
                 "user_agent": _USER_AGENT,
