@@ -20,10 +20,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check tokentrail tests bench
 	$(BIN)/mypy tokentrail
 
-# System packages the tests run for real: rsyslog receives the syslog sink's CEF (Debian, root).
+# System packages the tests run for real (Debian, root): rsyslog receives the syslog sink's CEF;
+# chromium renders the web view.
 system-deps:
-	command -v rsyslogd >/dev/null || test -x /usr/sbin/rsyslogd || (apt-get update \
-		&& DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends rsyslog)
+	(test -x /usr/sbin/rsyslogd && test -x /usr/bin/chromium) || (apt-get update \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+			rsyslog chromium fonts-dejavu-core)
 
 test: lint system-deps
 	$(BIN)/pytest -q
