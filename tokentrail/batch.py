@@ -106,8 +106,12 @@ class Batch:
     def reject_conflict(self, seq: int, event_id: str) -> None:
         """Dead-letter accepted event `seq`: its id was stored before with other content."""
         self.conflicts += 1
+        self.reject_accepted(seq, _conflict(event_id))
+
+    def reject_accepted(self, seq: int, reason: str) -> None:
+        """Dead-letter accepted event `seq` for a reason found while storing it."""
         raw = bytes(self._raw[self._ends[seq] : self._ends[seq + 1]])
-        self.reject(_conflict(event_id), raw, self.partitions[seq], self.positions[seq])
+        self.reject(reason, raw, self.partitions[seq], self.positions[seq])
 
     def reject(self, reason: str, raw: bytes, partition: int | None, position: int) -> None:
         origin = Origin(self.kind, self.name, partition, position)

@@ -6,7 +6,17 @@ import os
 import sys
 import traceback
 
-from tokentrail.cli import api, deliver, detect, graph, info, ingest, simulate  # noqa: F401 (registers the commands)
+from tokentrail.cli import (  # noqa: F401 (registers the commands)
+    api,
+    contain,
+    deliver,
+    detect,
+    graph,
+    info,
+    ingest,
+    ops,
+    simulate,
+)
 from tokentrail.cli.app import app
 from tokentrail.errors import TokentrailError
 

@@ -19,6 +19,7 @@ from rich.tree import Tree
 
 from tokentrail.catalog import Catalog, load_catalog
 from tokentrail.cli.app import DbOption, FormatOption, Output, app
+from tokentrail.detect.setup import remembered_catalog
 from tokentrail.errors import StoreError, TokentrailError
 from tokentrail.graph import (
     find_paths,
@@ -65,8 +66,9 @@ def _store(db: Path) -> Iterator[Store]:
         yield store
 
 
-def _catalog(path: Path | None) -> Catalog:
-    return load_catalog(path) if path is not None else Catalog()
+def _catalog(path: Path | None, store: Store) -> Catalog:
+    """The catalog given, else the one the database was ingested with (as the API uses)."""
+    return load_catalog(path) if path is not None else remembered_catalog(store)
 
 
 def _time(value: str | None, option: str) -> datetime | None:
@@ -187,7 +189,9 @@ def tokens(
     # A terminal table of every token of a large store helps nobody: 50 unless asked.
     shown = top if top is not None or fmt is Output.json else _TABLE_TOP
     with _store(db) as store:
-        ranked = rank_tokens(store.conn, catalog=_catalog(catalog), top=shown, identity=identity)
+        ranked = rank_tokens(
+            store.conn, catalog=_catalog(catalog, store), top=shown, identity=identity
+        )
     if fmt is Output.json:
         _json(ranked)
         return
@@ -273,7 +277,7 @@ def token(
     Example: tokentrail token tok-invoicer-1 --db audit.duckdb --format json
     """
     with _store(db) as store:
-        report = token_report(store.conn, token_id=token_id, catalog=_catalog(catalog))
+        report = token_report(store.conn, token_id=token_id, catalog=_catalog(catalog, store))
     if fmt is Output.json:
         typer.echo(report.to_json())
         return
@@ -314,7 +318,7 @@ def identity(
     Example: tokentrail identity spiffe://prod/ns/billing/sa/invoicer --db audit.duckdb
     """
     with _store(db) as store:
-        report = identity_report(store.conn, identity=name, catalog=_catalog(catalog))
+        report = identity_report(store.conn, identity=name, catalog=_catalog(catalog, store))
     if fmt is Output.json:
         typer.echo(report.to_json())
         return
@@ -392,7 +396,7 @@ def exposure(
     Example: tokentrail exposure payments-db --db audit.duckdb
     """
     with _store(db) as store:
-        result = service_exposure(store.conn, service=service, catalog=_catalog(catalog))
+        result = service_exposure(store.conn, service=service, catalog=_catalog(catalog, store))
     if fmt is Output.json:
         typer.echo(result.to_json())
         return

@@ -28,9 +28,10 @@ from tokentrail.cli.detect import CatalogOption, RulesOption
 from tokentrail.detect.engine import PassResult
 from tokentrail.detect.setup import detection_for
 from tokentrail.errors import TokentrailError
+from tokentrail.graph.scores import ScoreKeeper
 from tokentrail.ingest.files import RecordFile
 from tokentrail.ingest.kafka import KafkaIngest
-from tokentrail.ingest.pipeline import Pipeline, Totals
+from tokentrail.ingest.pipeline import BatchHook, Pipeline, Totals
 from tokentrail.ingest.replay import ingest_file
 from tokentrail.store import Store
 
@@ -94,7 +95,10 @@ def ingest(
     cfg = settings()
     with Store.open(db) as store:
         engine = None if no_detect else detection_for(store, catalog_path=catalog, rules_path=rules)
-        with Pipeline(store, cfg, hooks=[engine.on_batch] if engine else []) as pipeline:
+        # Detection knows the catalog: keep blast radius scores under it current as we go.
+        keeper = ScoreKeeper(store, engine.catalog) if engine else None
+        hooks: list[BatchHook] = [engine.on_batch, keeper.on_batch] if engine and keeper else []
+        with Pipeline(store, cfg, hooks=hooks) as pipeline:
             if kafka and topic:
                 _ingest_kafka(pipeline, kafka, topic, group, idle_exit, fmt)
                 origin = f"{kafka}/{topic}"
@@ -102,8 +106,9 @@ def ingest(
                 for name in files or []:
                     _ingest_file(pipeline, name, cfg.file_batch_size, fmt)
                 origin = ", ".join(files or [])
-        if engine is not None:
+        if engine is not None and keeper is not None:
             engine.finish()
+            keeper.refresh()
     _summary(pipeline.totals, origin)
     if engine is not None:
         _detect_summary(engine.totals)

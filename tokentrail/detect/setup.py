@@ -40,6 +40,11 @@ def detection_for(
     return Detection(store, catalog=catalog, rules=rules)
 
 
+def remembered_catalog(store: Store) -> Catalog:
+    """The catalog detection last ran with (`ingest --catalog`), else the empty one."""
+    return _remembered(store, "catalog", Catalog) or Catalog()
+
+
 def _remembered(store: Store, name: str, model: type[M]) -> M | None:
     text = sql.load_config(store.conn, name=name)
     if text is None:

@@ -18,6 +18,7 @@ from datetime import datetime
 import duckdb
 
 from tokentrail.catalog import PRIVILEGES, Catalog, Privilege, privilege_of
+from tokentrail.events import EPOCH, ONE_US
 from tokentrail.graph.model import Result, utc
 from tokentrail.store.graph import (
     EdgeRow,
@@ -134,22 +135,28 @@ def blast_radius(
     catalog: Catalog,
     token_id: str | None = None,
     identity: str | None = None,
+    until: datetime | None = None,
 ) -> BlastRadius:
-    """The blast radius of one token, or of one identity over all the tokens it used."""
+    """The blast radius of one token, or of one identity over all the tokens it used; with
+    `until`, as it stood at that time (events after it ignored: an incident's "before").
+
+    Example: `blast_radius(conn, catalog=catalog, token_id="tok-gw", until=alert_time)`.
+    """
     if (token_id is None) == (identity is None):
         raise ValueError("give exactly one of token_id and identity")
+    until_us = (until - EPOCH) // ONE_US if until is not None else None
     if token_id is not None:
-        rows = reach_rows(conn, catalog=catalog, token_ids=[token_id])
-        edges = edge_rows(conn, token_ids=[token_id])
+        rows = reach_rows(conn, catalog=catalog, token_ids=[token_id], until_us=until_us)
+        edges = edge_rows(conn, token_ids=[token_id], until_us=until_us)
         registry = token_rows(conn, token_ids=[token_id])
         owner = registry[0].identity if registry else None
         granted = set(registry[0].scopes or []) if registry else set()
         subject, kind = token_id, "token"
     else:
         assert identity is not None
-        rows = reach_rows(conn, catalog=catalog, identity=identity)
+        rows = reach_rows(conn, catalog=catalog, identity=identity, until_us=until_us)
         tokens = identity_token_ids(conn, identity=identity)
-        edges = edge_rows(conn, token_ids=tokens, identity=identity)
+        edges = edge_rows(conn, token_ids=tokens, identity=identity, until_us=until_us)
         granted = {s for t in token_rows(conn, token_ids=tokens) for s in t.scopes or []}
         owner, subject, kind = identity, identity, "identity"
     policy = catalog.identity(owner) if owner else None

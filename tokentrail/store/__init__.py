@@ -12,6 +12,7 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
@@ -23,6 +24,7 @@ from tokentrail.events import SAMENESS_COLUMNS
 from tokentrail.store.derived import merge_derived
 from tokentrail.store.graph import merge_graph
 from tokentrail.store.migrations import LATEST, current_version, migrate
+from tokentrail.store.retention import retention_floor_us
 
 __all__ = ["BatchResult", "Store"]
 
@@ -80,7 +82,8 @@ WITH parsed AS (
 )
 SELECT b.*,
        s.event_id IS NOT NULL AS stored_before,
-       s.event_id IS NOT NULL AND {_STORED_KEY} IS DISTINCT FROM {_BATCH_KEY} AS conflicting
+       s.event_id IS NOT NULL AND {_STORED_KEY} IS DISTINCT FROM {_BATCH_KEY} AS conflicting,
+       coalesce(b.ts < make_timestamptz($floor), false) AS before_floor
 FROM parsed b LEFT JOIN events s ON s.event_id = b.event_id
 """
 
@@ -194,13 +197,15 @@ class Store:
         if batch.accepted:
             conn.register("batch_events", batch.events_table())
             try:
-                conn.execute(_STAGE)
+                # Events older than the retention floor were pruned: their ids can no longer
+                # be deduplicated, so storing them again would count their calls twice.
+                conn.execute(_STAGE, {"floor": retention_floor_us(conn)})
             finally:
                 conn.unregister("batch_events")
             conn.execute(
                 "CREATE OR REPLACE TEMP VIEW new_events AS"
-                " SELECT * EXCLUDE (seq, stored_before, conflicting) FROM staged"
-                " WHERE NOT stored_before"
+                " SELECT * EXCLUDE (seq, stored_before, conflicting, before_floor) FROM staged"
+                " WHERE NOT stored_before AND NOT before_floor"
             )
             conn.execute(
                 f"INSERT INTO events ({_EVENT_NAMES}, ingested_at)"
@@ -209,7 +214,7 @@ class Store:
             merge_derived(conn, new_events="new_events")
             merge_graph(conn, new_events="new_events")
             counts = conn.execute(
-                "SELECT count(*) FILTER (WHERE NOT stored_before),"
+                "SELECT count(*) FILTER (WHERE NOT stored_before AND NOT before_floor),"
                 " count(*) FILTER (WHERE stored_before AND NOT conflicting) FROM staged"
             ).fetchone()
             assert counts is not None
@@ -218,6 +223,10 @@ class Store:
                 "SELECT seq, event_id FROM staged WHERE conflicting ORDER BY seq"
             ).fetchall():
                 batch.reject_conflict(seq, event_id)
+            for (seq,) in conn.execute(
+                "SELECT seq FROM staged WHERE before_floor AND NOT stored_before ORDER BY seq"
+            ).fetchall():
+                batch.reject_accepted(seq, _before_floor(conn))
             conn.execute("DROP VIEW new_events")
             conn.execute("DROP TABLE staged")
         if batch.dead_letters:
@@ -268,6 +277,11 @@ class Store:
             "SELECT reason, count(*) AS n FROM dead_letters GROUP BY reason ORDER BY n DESC, reason"
         ).fetchall()
         return [(str(r), int(n)) for r, n in rows]
+
+
+def _before_floor(conn: duckdb.DuckDBPyConnection) -> str:
+    floor = datetime.fromtimestamp((retention_floor_us(conn) or 0) / 1e6, UTC)
+    return f"event time before the retention floor {floor:%Y-%m-%dT%H:%M:%SZ}: it was pruned"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -422,16 +422,37 @@ _EDGE_COLUMNS: Final = (
 
 
 def edge_rows(
-    conn: duckdb.DuckDBPyConnection, *, token_ids: Sequence[str], identity: str | None = None
+    conn: duckdb.DuckDBPyConnection,
+    *,
+    token_ids: Sequence[str],
+    identity: str | None = None,
+    until_us: int | None = None,
 ) -> list[EdgeRow]:
-    """The edges of the given tokens (only those made as `identity`, when it is given)."""
+    """The edges of the given tokens (only those made as `identity`, when it is given); with
+    `until_us`, aggregated from the events at or before that time."""
+    edges = "token_edges" if until_us is None else _EDGES_AS_OF
     rows = conn.execute(
-        f"SELECT {_EDGE_COLUMNS} FROM token_edges WHERE list_contains(?, token_id)"
+        f"SELECT {_EDGE_COLUMNS} FROM {edges} WHERE list_contains(?, token_id)"
         " AND (CAST(? AS VARCHAR) IS NULL OR identity = ?)"
         " ORDER BY target, source, operation, scope, token_id",
-        [list(token_ids), identity, identity],
-    ).fetchall()
+        [*([list(token_ids), utc(until_us)] if until_us is not None else []),
+         list(token_ids), identity, identity],
+    ).fetchall()  # fmt: skip
     return [EdgeRow(*row) for row in rows]
+
+
+# `token_edges` of the `?` tokens as of the `?` time, from the events themselves.
+_EDGES_AS_OF: Final = """(
+    SELECT token_id, identity, source, target, operation, coalesce(scope, '') AS scope,
+           count(*) AS calls,
+           count(*) FILTER (WHERE outcome = 'denied') AS denied,
+           count(*) FILTER (WHERE outcome = 'error') AS errors,
+           coalesce(sum(bytes_out), 0) AS bytes_out,
+           coalesce(list_sort(list_distinct(list(environment))), []) AS environments,
+           min(ts) AS first_seen, max(ts) AS last_seen
+    FROM events WHERE list_contains(?, token_id) AND ts <= ?
+    GROUP BY ALL
+)"""
 
 
 def resource_counts(
@@ -548,7 +569,7 @@ _HELD_GIVEN: Final = """held AS (
 
 _REACH: Final = """
 WITH RECURSIVE subjects AS ({subjects}),
-{held}, ways AS (
+{held}, {as_of} ways AS (
     -- One row per way to a target and environment it was reached in.
     SELECT h.subject, e.target, e.operation, e.scope, h.via, e.token_id AS via_token,
            unnest(CASE WHEN len(e.environments) = 0 THEN [CAST(NULL AS VARCHAR)]
@@ -556,7 +577,7 @@ WITH RECURSIVE subjects AS ({subjects}),
            CASE WHEN h.via = 'direct' THEN e.calls - e.denied - e.errors ELSE 0 END AS successes,
            e.first_seen, e.last_seen,
            CAST(NULL AS VARCHAR) AS evidence_event_id, CAST(NULL AS VARCHAR) AS evidence_trace_id
-    FROM held h JOIN token_edges e
+    FROM held h JOIN {edges} e
       ON e.token_id = h.reach_token AND (h.identity IS NULL OR e.identity = h.identity)
     WHERE e.calls > e.denied + e.errors {edges_of_reach}
     UNION ALL
@@ -564,7 +585,7 @@ WITH RECURSIVE subjects AS ({subjects}),
            unnest(CASE WHEN len(r.environments) = 0 THEN [CAST(NULL AS VARCHAR)]
                        ELSE r.environments END),
            0, r.first_seen, r.last_seen, r.first_event_id, r.first_trace_id
-    FROM held h JOIN chain_reach r ON r.token_id = h.reach_token
+    FROM held h JOIN {chain} r ON r.token_id = h.reach_token
     {chain_of_reach}
 ), home AS (
     -- Where a subject lives: its identity's declared environment, else where it called most.
@@ -708,19 +729,27 @@ def reach_rows(
     catalog: Catalog,
     token_ids: Sequence[str] | None = None,
     identity: str | None = None,
+    until_us: int | None = None,
 ) -> list[ReachRow]:
     """Every target the given tokens (or one identity, over all its tokens) reached, scored.
 
     Direct reach comes from `token_edges`, derived reach from the edges of tokens linked below
     them in `token_links`, chain reach from `chain_reach`; the best way to each target counts.
+    With `until_us`, the reach as it stood then: edges and chain hops are rebuilt from the
+    events at or before it, and only links shown by then count (an incident's "before").
     """
+    if until_us is not None and token_ids is None and identity is None:
+        raise ValueError("reach as of a time needs token_ids or an identity")
     subjects, params = _subjects(token_ids, identity)
     params |= _score_params(catalog)
+    holdings: list[tuple[str, str, str | None]]
     if identity is not None:
         mine = identity_token_ids(conn, identity=identity)
-        parts = _given(conn, holdings=[(identity, t, identity) for t in mine], params=params)
+        holdings = [(identity, t, identity) for t in mine]
+        parts = _given(conn, holdings=holdings, params=params, until_us=until_us)
     elif token_ids is not None:
-        parts = _given(conn, holdings=[(t, t, None) for t in token_ids], params=params)
+        holdings = [(t, t, None) for t in token_ids]
+        parts = _given(conn, holdings=holdings, params=params, until_us=until_us)
     else:
         parts = _ALL_OF_THEM
     query = _REACH_ROWS.format(subjects=subjects, **parts)
@@ -734,7 +763,45 @@ _REACH_FILTERS: Final = {
     "chain_of_reach": "WHERE list_contains($reach, r.token_id)",
     "tokens_of_reach": "WHERE list_contains($reach, t.token_id)",
 }
-_ALL_OF_THEM: Final = {"held": _HELD_BY_SQL} | dict.fromkeys(_REACH_FILTERS, "")
+# Where the reach query reads edges and chain reach: the derived tables, kept current per batch.
+_STORED: Final = {"as_of": "", "edges": "token_edges", "chain": "chain_reach"}
+_ALL_OF_THEM: Final = {"held": _HELD_BY_SQL} | dict.fromkeys(_REACH_FILTERS, "") | _STORED
+
+# The same relations as of `$until`, rebuilt from the events of the `$reach` tokens: the
+# derived tables only keep first/last seen per edge, which cannot tell whether a success came
+# before a time. Chain reach is walked as `_MERGE_CHAIN_REACH` does, over the traces the tokens
+# took part in by then. Only for a few tokens (an investigation), never for a ranking.
+_AS_OF: Final = f"""edges_as_of AS (
+    SELECT token_id, identity, source, target, operation, coalesce(scope, '') AS scope,
+           count(*) AS calls,
+           count(*) FILTER (WHERE outcome = 'denied') AS denied,
+           count(*) FILTER (WHERE outcome = 'error') AS errors,
+           coalesce(list_sort(list_distinct(list(environment))), []) AS environments,
+           min(ts) AS first_seen, max(ts) AS last_seen
+    FROM events WHERE list_contains($reach, token_id) AND ts <= $until
+    GROUP BY ALL
+), hops_as_of AS (
+    SELECT {_HOP} FROM events
+    WHERE ts <= $until AND trace_id IN (
+        SELECT trace_id FROM events
+        WHERE list_contains($reach, token_id) AND ts <= $until AND trace_id IS NOT NULL)
+), walk_as_of(trace_id, node, token_id) AS (
+    SELECT trace_id, node, token_id FROM hops_as_of WHERE list_contains($reach, token_id)
+    UNION
+    SELECT h.trace_id, h.node, w.token_id
+    FROM walk_as_of w JOIN hops_as_of h ON h.trace_id = w.trace_id AND h.parent = w.node
+), chain_as_of AS (
+    SELECT w.token_id, h.target, h.operation, h.scope,
+           coalesce(list_sort(list_distinct(list(h.environment))), []) AS environments,
+           min(h.ts) AS first_seen, max(h.ts) AS last_seen,
+           arg_min(h.event_id, (h.ts, h.event_id)) AS first_event_id,
+           arg_min(h.trace_id, (h.ts, h.event_id)) AS first_trace_id,
+           arg_min(h.token_id, (h.ts, h.event_id)) AS first_token_id
+    FROM walk_as_of w JOIN hops_as_of h ON h.trace_id = w.trace_id AND h.node = w.node
+    WHERE h.token_id <> w.token_id AND h.outcome = 'success'
+    GROUP BY w.token_id, h.target, h.operation, h.scope
+),"""
+_AS_OF_PARTS: Final = {"as_of": _AS_OF, "edges": "edges_as_of", "chain": "chain_as_of"}
 
 
 def _given(
@@ -742,10 +809,12 @@ def _given(
     *,
     holdings: Sequence[tuple[str, str, str | None]],
     params: dict[str, object],
+    until_us: int | None = None,
 ) -> dict[str, str]:
     """For a few subjects, `(subject, token, identity or None)`: their tokens and descendants as
-    constants, so DuckDB reads just their rows, by index, instead of joining whole tables."""
-    below = lineage_below(conn, token_ids=[token for _, token, _ in holdings])
+    constants, so DuckDB reads just their rows, by index, instead of joining whole tables; with
+    `until_us`, as they stood at that time."""
+    below = lineage_below(conn, token_ids=[token for _, token, _ in holdings], until_us=until_us)
     held = [(subject, token, identity, "direct") for subject, token, identity in holdings]
     held += sorted(
         {(subject, child, None, "derived") for subject, token, _ in holdings
@@ -758,14 +827,18 @@ def _given(
         "held_via": [h[3] for h in held],
         "reach": sorted({h[1] for h in held}),
     }
-    return {"held": _HELD_GIVEN} | _REACH_FILTERS
+    if until_us is not None:
+        params["until"] = utc(until_us)
+        return {"held": _HELD_GIVEN} | _REACH_FILTERS | _AS_OF_PARTS
+    return {"held": _HELD_GIVEN} | _REACH_FILTERS | _STORED
 
 
 def lineage_below(
-    conn: duckdb.DuckDBPyConnection, *, token_ids: Sequence[str]
+    conn: duckdb.DuckDBPyConnection, *, token_ids: Sequence[str], until_us: int | None = None
 ) -> dict[str, set[str]]:
     """Each given token -> the tokens derived from it at any depth (breadth-first, one indexed
-    query per generation; a lineage cycle ends where it repeats)."""
+    query per generation; a lineage cycle ends where it repeats); with `until_us`, only links
+    shown by then."""
     below: dict[str, set[str]] = {token: set() for token in token_ids}
     frontier = {(token, token) for token in token_ids}
     for _ in range(MAX_LINEAGE_DEPTH):
@@ -775,8 +848,9 @@ def lineage_below(
         children: dict[str, list[str]] = {}
         for parent, child in conn.execute(
             "SELECT parent_token_id, child_token_id FROM token_links"
-            " WHERE list_contains(?, parent_token_id)",
-            [parents],
+            " WHERE list_contains(?, parent_token_id)"
+            " AND (CAST(? AS BIGINT) IS NULL OR epoch_us(first_seen) <= ?)",
+            [parents, until_us, until_us],
         ).fetchall():
             children.setdefault(parent, []).append(child)
         frontier = {
@@ -822,7 +896,7 @@ def rank_tokens(
         scores = _scores(conn, catalog=catalog, token_ids=None)
     else:
         scores = None
-        fingerprint = _refresh_scores(conn, catalog=catalog)
+        fingerprint = refresh_scores(conn, catalog=catalog)
     order = "ORDER BY s.score DESC, t.calls DESC, t.token_id" + (
         f" LIMIT {int(top)}" if top is not None else ""
     )
@@ -879,7 +953,7 @@ def _read_only(conn: duckdb.DuckDBPyConnection) -> bool:
     return bool(rows and rows[0][0])
 
 
-def _refresh_scores(conn: duckdb.DuckDBPyConnection, *, catalog: Catalog) -> str:
+def refresh_scores(conn: duckdb.DuckDBPyConnection, *, catalog: Catalog) -> str:
     """Bring `blast_scores` up to date for `catalog`; returns the catalog's fingerprint."""
     fingerprint = hashlib.sha256(catalog.model_dump_json().encode()).hexdigest()[:16]
     rows = conn.execute(f"SELECT value FROM meta WHERE key = '{BATCH_KEY}'").fetchall()

@@ -1,0 +1,74 @@
+"""Blast radius scores kept current by ingest (ScoreKeeper), and read by `tokentrail tokens`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+from factories import call, write_events
+from typer.testing import CliRunner
+
+from tokentrail.catalog import load_catalog
+from tokentrail.cli import app
+from tokentrail.graph.blast import rank_tokens
+
+CATALOG = """
+[[service]]
+name = "payments-db"
+environment = "prod"
+sensitivity = 10
+"""
+
+
+def events(prefix: str, n: int) -> list[dict[str, object]]:
+    return [
+        *(call(event_id=f"{prefix}-a{i}", token_id="tok-wide", target="payments-db",
+               scope="payments:write") for i in range(n)),
+        *(call(event_id=f"{prefix}-b{i}", token_id="tok-narrow", target="status-page")
+          for i in range(n)),
+    ]  # fmt: skip
+
+
+def ingest(tmp_path: Path, db: Path, name: str, batch: list[dict[str, object]]) -> None:
+    (tmp_path / "catalog.toml").write_text(CATALOG)
+    result = CliRunner().invoke(
+        app,
+        ["ingest", str(write_events(tmp_path / name, batch)), "--db", str(db),
+         "--catalog", str(tmp_path / "catalog.toml")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+
+
+def stored_scores(db: Path) -> dict[str, float]:
+    rows = duckdb.connect(str(db)).sql("SELECT token_id, score FROM blast_scores").fetchall()
+    return {token: score for token, score in rows}
+
+
+def test_ingest_with_a_catalog_leaves_the_ranking_computed_and_exact(tmp_path: Path) -> None:
+    db = tmp_path / "audit.duckdb"
+    ingest(tmp_path, db, "one.jsonl", events("one", 3))
+    first = stored_scores(db)
+    # New reach for the narrow token arrives in a later ingest: its stored score must follow.
+    ingest(tmp_path, db, "two.jsonl", [call(token_id="tok-narrow", target="payments-db")])
+    second = stored_scores(db)
+
+    fresh = duckdb.connect(str(db), read_only=True)  # read-only: scores computed, not cached
+    exact = {
+        r.token_id: r.blast_radius.score
+        for r in rank_tokens(fresh, catalog=load_catalog(tmp_path / "catalog.toml"))
+    }
+    assert set(first) == {"tok-wide", "tok-narrow"}
+    assert second["tok-narrow"] > first["tok-narrow"]
+    assert second == exact
+
+
+def test_tokens_ranks_with_the_catalog_the_database_was_ingested_with(tmp_path: Path) -> None:
+    db = tmp_path / "audit.duckdb"
+    ingest(tmp_path, db, "one.jsonl", events("one", 3))
+
+    result = CliRunner().invoke(app, ["tokens", "--db", str(db), "--format", "json"])
+
+    ranked = json.loads(result.stdout)
+    assert [t["token_id"] for t in ranked] == ["tok-wide", "tok-narrow"]
+    assert ranked[0]["blast_radius"]["score"] == stored_scores(db)["tok-wide"]

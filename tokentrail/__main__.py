@@ -1,0 +1,5 @@
+"""`python -m tokentrail`: the same as the `tokentrail` command."""
+
+from tokentrail.cli import main
+
+main()
