@@ -34,14 +34,12 @@ bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/graph.py
 
-# Until `tokentrail demo` (embedded broker, live stream, API) lands: the end-to-end path on files.
+# The live demo: embedded broker, simulated attacks, ingest, detection, API and web view on
+# 127.0.0.1. Runs until Ctrl-C; `make demo DURATION=60` stops after a minute with a summary.
+# Each run starts a new demo.duckdb (--fresh): a continued world would replay expired tokens.
+DURATION ?=
 demo: $(STAMP)
-	$(BIN)/tokentrail simulate --out demo-world --days 2 --seed 7
-	$(BIN)/tokentrail ingest demo-world/events.jsonl --db $(DB) --catalog demo-world/catalog.toml
-	$(BIN)/tokentrail stats --db $(DB)
-	$(BIN)/tokentrail tokens --db $(DB) --top 10 --format table
-	$(BIN)/tokentrail alerts --db $(DB) --format table
-	$(BIN)/tokentrail evaluate --db $(DB) --labels demo-world/labels.json --format table
+	$(BIN)/tokentrail demo --db $(DB) --fresh$(if $(DURATION), --duration $(DURATION))
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

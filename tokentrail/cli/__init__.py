@@ -10,6 +10,7 @@ from tokentrail.cli import (  # noqa: F401 (registers the commands)
     api,
     contain,
     deliver,
+    demo,
     detect,
     graph,
     info,

@@ -896,6 +896,18 @@ def list_alerts(
     return [_alert(r) for r in rows]
 
 
+def latest_alerts(conn: duckdb.DuckDBPyConnection, *, limit: int) -> list[AlertRow]:
+    """The alerts created last (wall clock), newest first: what a live view shows as they fire.
+
+    Example: ``latest_alerts(cur, limit=5)``.
+    """
+    rows = conn.execute(
+        f"SELECT {_ALERT_COLUMNS} FROM alerts ORDER BY created_at DESC, alert_id LIMIT $limit",
+        {"limit": limit},
+    ).fetchall()
+    return [_alert(r) for r in rows]
+
+
 def set_status(conn: duckdb.DuckDBPyConnection, *, alert_id: str, status: str) -> bool:
     row = _first(
         conn.execute(
