@@ -86,8 +86,6 @@ def prune(
         if before is not None
         else datetime.now(UTC) - parse_age(older_than or "")
     )
-    if archive is not None and not dry_run:
-        archive.mkdir(parents=True, exist_ok=True)
     with _existing(db) as store:
         through = sql.detected_through(store.conn)
         if not force and not dry_run and (through is None or through < cutoff):
@@ -96,6 +94,8 @@ def prune(
                 f"detection {seen}; pruning to {cutoff:%Y-%m-%dT%H:%M:%SZ} would delete events"
                 " it has not seen: run `tokentrail detect` first, or pass --force"
             )
+        if archive is not None and not dry_run:
+            archive.mkdir(parents=True, exist_ok=True)
         result = sql.prune(store.conn, cutoff=cutoff, archive=archive, dry_run=dry_run)
     verb = "would delete" if dry_run else "deleted"
     err.print(f"cutoff {result.cutoff:%Y-%m-%dT%H:%M:%SZ}:", highlight=False)
