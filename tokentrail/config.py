@@ -10,12 +10,17 @@ from __future__ import annotations
 import tomllib
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tokentrail.errors import ConfigError
+
+# Consumer settings that exactly-once and the command line decide; `kafka.client` may not.
+_CONSUMER_OWNED: Final = frozenset(
+    {"bootstrap_servers", "group_id", "enable_auto_commit", "auto_offset_reset", "client_id"}
+)
 
 
 class KafkaSettings(BaseModel):
@@ -31,8 +36,23 @@ class KafkaSettings(BaseModel):
     heartbeat_interval_ms: int = Field(default=2_000, ge=100)
     # How long to keep trying an unreachable broker before giving up with an error.
     connect_timeout_s: float = Field(default=30.0, gt=0)
+    # Once connected, a lost broker is retried for ever, backing off up to this (kafka-python's
+    # 30 s default would leave a restarted broker unused for up to half a minute).
+    reconnect_backoff_max_ms: int = Field(default=5_000, ge=100)
     # How long to wait for the group to assign a partition before calling the topic missing.
     join_timeout_s: float = Field(default=120.0, gt=0)
+    # More kafka-python consumer settings, for a real cluster's TLS and SASL: security_protocol,
+    # ssl_cafile, sasl_mechanism, sasl_plain_username, sasl_plain_password (better from the
+    # environment: TOKENTRAIL_KAFKA__CLIENT__SASL_PLAIN_PASSWORD), ...
+    client: dict[str, str | int | float | bool] = {}
+
+    @field_validator("client")
+    @classmethod
+    def _not_ours(cls, client: dict[str, Any]) -> dict[str, Any]:
+        taken = sorted(client.keys() & _CONSUMER_OWNED)
+        if taken:
+            raise ValueError(f"{taken[0]} is set by tokentrail (exactly-once depends on it)")
+        return client
 
 
 SpanKind = Literal["unspecified", "internal", "server", "client", "producer", "consumer"]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import xml.etree.ElementTree as ET
 from typing import Any
 
+import jsonschema
 import pytest
 from fastapi.testclient import TestClient
 
@@ -117,6 +119,12 @@ def test_token_graph_formats(client: TestClient, auth: Auth, top_token: str) -> 
     url = f"/v1/tokens/{top_token}/graph"
     graph = get(client, auth, url)
     cyto = get(client, auth, url, format="cytoscape")
+    # The document describes the Cytoscape answer too (schemathesis found it did not).
+    document = client.get("/openapi.json").json()
+    content = document["paths"]["/v1/tokens/{token_id}/graph"]["get"]["responses"]["200"]["content"]
+    documented = {**content["application/json"]["schema"], "components": document["components"]}
+    jsonschema.validate(cyto, documented)
+    jsonschema.validate(graph, documented)
     assert {n["data"]["id"] for n in cyto["elements"]["nodes"]} == set(graph["services"])
     assert len(cyto["elements"]["edges"]) == len(graph["edges"])
     graphml = client.get(url, params={"format": "graphml"}, headers=auth["viewer"])
@@ -144,6 +152,11 @@ def test_events_page_has_a_hard_limit(client: TestClient, auth: Auth) -> None:
     assert page["count"] == 1000 and page["next_cursor"]
     bad = client.get("/v1/events", params={"cursor": "%%%"}, headers=auth["viewer"])
     assert bad.status_code == 400
+    # A forged cursor whose timestamp no datetime can hold was a 500 (OverflowError).
+    for us in ("9" * 30, "-" + "9" * 18):
+        forged = base64.urlsafe_b64encode(f"{us}:x".encode()).decode()
+        response = client.get("/v1/events", params={"cursor": forged}, headers=auth["viewer"])
+        assert response.json() == {"detail": "bad cursor"}
 
 
 def test_paths_exposure_and_identity(client: TestClient, auth: Auth) -> None:

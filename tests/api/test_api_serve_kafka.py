@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,14 @@ def test_consumer_and_api_share_one_store(
                 count = page.json()["count"]
             assert count == len(events)
             assert client.get("/readyz").json()["consumer"] == "running"
+            caught_up = 'tokentrail_consumer_lag{partition="0"} 0'
             metrics = client.get("/metrics", headers=headers).text
+            while caught_up not in metrics and time.monotonic() < deadline:
+                time.sleep(0.2)  # lag is measured once the poll's batches are committed
+                metrics = client.get("/metrics", headers=headers).text
             assert 'tokentrail_consumer_records{outcome="stored"} 40' in metrics
+            assert caught_up in metrics
+            assert re.search(r"^tokentrail_batch_seconds_count [1-9]", metrics, re.M)
         # Leaving the client stopped the consumer after its batch: offsets are stored.
         assert consumer.state == "stopped"
         assert store.stored_offsets(topic=name) == {0: len(events)}

@@ -11,12 +11,16 @@ from typing import Any
 
 import duckdb
 from fastapi import FastAPI, Request, Response, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 import tokentrail
+from tokentrail.api.auth import scrub
 from tokentrail.api.encoding import components
+from tokentrail.api.limits import BodyLimit
 from tokentrail.api.models import TokensPage
 from tokentrail.api.routes import (
     alerts,
@@ -118,6 +122,8 @@ def create_app(
     for module in (query, metrics, keys, ui):
         app.include_router(module.router)
     _errors(app)
+    # Added before the audit middleware so that it wraps this one and records the 413s.
+    app.add_middleware(BodyLimit, max_bytes=settings.body_max_bytes)
     _audit(app, state)
     _openapi(app)
     return app
@@ -133,12 +139,23 @@ def _errors(app: FastAPI) -> None:
         return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_400_BAD_REQUEST)
 
     async def store_failed(request: Request, exc: Exception) -> Response:
-        log.error("store error on %s %s: %s", request.method, request.url.path, exc)
+        log.error("store error on %s %s: %s", request.method, scrub(request.url.path), exc)
         return JSONResponse(
             {"detail": "the store could not answer; try again"},
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
         )
 
+    async def invalid(_: Request, exc: Exception) -> Response:
+        # FastAPI's default echoes each invalid `input` back (a megabyte note, a pasted secret);
+        # the location, message and type say what is wrong without it.
+        assert isinstance(exc, RequestValidationError)
+        errors = [{k: e[k] for k in ("type", "loc", "msg") if k in e} for e in exc.errors()]
+        return JSONResponse(
+            {"detail": jsonable_encoder(errors)},
+            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+        )
+
+    app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(UnknownSubjectError, unknown)
     app.add_exception_handler(TokentrailError, refused)
     app.add_exception_handler(duckdb.Error, store_failed)
@@ -157,7 +174,7 @@ def _audit(app: FastAPI, state: ApiState) -> None:
         try:
             response = await call_next(request)
         except Exception:
-            log.exception("internal error on %s %s", request.method, request.url.path)
+            log.exception("internal error on %s %s", request.method, scrub(request.url.path))
             response = JSONResponse(
                 {"detail": "internal error"}, status_code=status.HTTP_500_INTERNAL_SERVER_ERROR
             )
@@ -173,8 +190,8 @@ def _audit(app: FastAPI, state: ApiState) -> None:
             key_id=principal.key_id if principal else None,
             role=principal.role.value if principal else None,
             method=request.method,
-            path=request.url.path,
-            query=request.url.query or None,
+            path=scrub(request.url.path),
+            query=scrub(request.url.query) if request.url.query else None,
             status=response.status_code,
             duration_ms=round(seconds * 1000, 3),
             client=request.client.host if request.client else None,

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Final
+from urllib.parse import unquote_plus
 
 import duckdb
 
 from tokentrail.errors import TokentrailError
+from tokentrail.events import looks_like_secret
 from tokentrail.store import api as sql
 
 
@@ -85,3 +89,20 @@ def authenticate(conn: duckdb.DuckDBPyConnection, key: str) -> Principal | None:
     if not hmac.compare_digest(row.key_hash, hash_key(key)):
         return None
     return Principal(row.key_id, row.name, Role(row.role))
+
+
+_KEY_SHAPE: Final = re.compile(r"(tt_[0-9a-f]{12}_)[A-Za-z0-9_-]+")
+_URL_PARTS: Final = re.compile(r"([/?&=])")
+
+
+def scrub(text: str) -> str:
+    """A request path or query string fit for the request log: the secret part of anything shaped
+    like an API key, and any segment or value shaped like a raw credential, replaced. Keys and
+    tokens end up in URLs by mistake; the log must not keep them.
+
+    >>> scrub("token_id=tt_0123456789ab_s3cr3t&limit=5")
+    'token_id=tt_0123456789ab_[redacted]&limit=5'
+    """
+    text = _KEY_SHAPE.sub(r"\1[redacted]", text)
+    parts = _URL_PARTS.split(text)
+    return "".join("[redacted]" if looks_like_secret(unquote_plus(p)) else p for p in parts)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 
 from tokentrail.config import Settings
 from tokentrail.detect.engine import Detection
 from tokentrail.detect.setup import detection_for
 from tokentrail.errors import TokentrailError
+from tokentrail.histogram import Histogram
 from tokentrail.ingest.kafka import KafkaIngest
 from tokentrail.ingest.pipeline import BatchHook, Pipeline
 from tokentrail.store import Store
@@ -52,11 +54,30 @@ class BackgroundConsumer:
 
     @property
     def state(self) -> str:
+        """`running`, `disconnected` (running, waiting for the broker), `stopped` or `failed`."""
+        source = self._source
+        if self._state == "running" and source is not None and source.unreachable_since is not None:
+            return "disconnected"
         return self._state
 
     @property
     def error(self) -> str | None:
+        source = self._source
+        since = source.unreachable_since if source is not None else None
+        if self._state == "running" and source is not None and since is not None:
+            return (
+                f"no Kafka broker reachable at {self._bootstrap} for"
+                f" {time.monotonic() - since:.0f} s; reconnecting"
+            )
         return self._error
+
+    def lag(self) -> dict[int, int]:
+        """Partition -> records the broker holds that are not stored yet (as of the last poll)."""
+        return dict(self._source.lag) if self._source is not None else {}
+
+    def write_seconds(self) -> Histogram | None:
+        """How long each poll took to store (validation, write, detection)."""
+        return self._source.write_seconds if self._source is not None else None
 
     def totals(self) -> dict[str, int]:
         t = self.pipeline.totals

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 from xml.sax.saxutils import escape, quoteattr
 
 from tokentrail.graph.tokens import Edge, TokenGraph
@@ -29,6 +29,73 @@ def _edge_data(number: int, edge: Edge) -> dict[str, Any]:
         "first_seen": edge.first_seen.isoformat(),
         "last_seen": edge.last_seen.isoformat(),
     }
+
+
+_STRING: Final = {"type": "string"}
+_COUNT: Final = {"type": "integer"}
+
+# What `to_cytoscape` returns, for the OpenAPI document (`format=cytoscape` answers JSON that is
+# not a TokenGraph, so the document must say so or clients validating responses reject it).
+CYTOSCAPE_SCHEMA: Final[dict[str, Any]] = {
+    "title": "CytoscapeGraph",
+    "type": "object",
+    "required": ["data", "elements"],
+    "properties": {
+        "data": {
+            "type": "object",
+            "required": ["tokens"],
+            "properties": {"tokens": {"type": "array", "items": _STRING}},
+        },
+        "elements": {
+            "type": "object",
+            "required": ["nodes", "edges"],
+            "properties": {
+                "nodes": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["data"],
+                        "properties": {
+                            "data": {
+                                "type": "object",
+                                "required": ["id", "label"],
+                                "properties": {"id": _STRING, "label": _STRING},
+                            }
+                        },
+                    },
+                },
+                "edges": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["data"],
+                        "properties": {
+                            "data": {
+                                "type": "object",
+                                "required": ["id", "source", "target", "token_id", "calls"],
+                                "properties": {
+                                    "id": _STRING,
+                                    "source": _STRING,
+                                    "target": _STRING,
+                                    "token_id": _STRING,
+                                    "identity": _STRING,
+                                    "operation": _STRING,
+                                    "scope": {"anyOf": [_STRING, {"type": "null"}]},
+                                    "privilege": _STRING,
+                                    "calls": _COUNT,
+                                    "denied": _COUNT,
+                                    "errors": _COUNT,
+                                    "first_seen": {"type": "string", "format": "date-time"},
+                                    "last_seen": {"type": "string", "format": "date-time"},
+                                },
+                            }
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
 
 
 def to_cytoscape(graph: TokenGraph) -> dict[str, Any]:

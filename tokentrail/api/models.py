@@ -26,7 +26,7 @@ class Health(BaseModel):
 class Ready(BaseModel):
     status: Literal["ready", "not ready"]
     schema_version: int
-    consumer: Literal["running", "stopped", "failed", "none"]
+    consumer: Literal["running", "disconnected", "stopped", "failed", "none"]
     detail: str | None = None
 
 

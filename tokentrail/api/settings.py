@@ -18,6 +18,8 @@ class ApiSettings(BaseSettings):
     query_rows_max: int = Field(default=1000, ge=1)
     query_timeout_s: float = Field(default=5.0, gt=0)
     query_length_max: int = Field(default=20_000, ge=100)
+    # Request bodies (SQL, triage notes, key names) are small; anything larger is refused (413).
+    body_max_bytes: int = Field(default=1 << 20, ge=1024)
 
 
 def api_settings(**overrides: object) -> ApiSettings:

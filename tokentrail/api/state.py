@@ -15,6 +15,7 @@ from tokentrail.api.metrics import Metrics
 from tokentrail.api.settings import ApiSettings
 from tokentrail.catalog import Catalog
 from tokentrail.errors import ConfigError
+from tokentrail.histogram import Histogram
 from tokentrail.sinks.delivery import Deliverer
 from tokentrail.store import Store
 from tokentrail.store import api as sql
@@ -70,6 +71,10 @@ class ConsumerStatus(Protocol):
     def error(self) -> str | None: ...
 
     def totals(self) -> dict[str, int]: ...
+
+    def lag(self) -> dict[int, int]: ...  # partition -> records not yet stored
+
+    def write_seconds(self) -> Histogram | None: ...  # time to store each poll
 
     def start(self) -> None: ...
 

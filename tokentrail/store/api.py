@@ -318,9 +318,13 @@ def events_page(
     if after is not None:
         where.append("(ts, event_id) < ($after_ts, $after_id)")
         params["after_ts"], params["after_id"] = after
+    # The page's rows are found on (ts, event_id) alone, then fetched by rowid: a Top-N that
+    # carries all ~30 columns of every candidate row was 5x slower (bench/api_load.py).
     rows = conn.execute(
-        f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE {' AND '.join(where)}"
-        " ORDER BY ts DESC, event_id DESC LIMIT $limit",
+        f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE rowid IN ("
+        f" SELECT rowid FROM events WHERE {' AND '.join(where)}"
+        " ORDER BY ts DESC, event_id DESC LIMIT $limit"
+        ") ORDER BY ts DESC, event_id DESC",
         params,
     ).fetchall()
     return [_event_dict(r) for r in rows]
@@ -332,9 +336,10 @@ def events_by_id(
     """The stored events among `event_ids`, in event time order."""
     if not event_ids:
         return []
+    # Matched on event_id alone, then fetched by rowid (see events_page): ~30% faster.
     rows = conn.execute(
-        f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE list_contains($ids, event_id)"
-        " ORDER BY ts, event_id",
+        f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE rowid IN ("
+        " SELECT rowid FROM events WHERE list_contains($ids, event_id)) ORDER BY ts, event_id",
         {"ids": list(event_ids)},
     ).fetchall()
     return [_event_dict(r) for r in rows]

@@ -27,7 +27,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         us, event_id = text.split(":", 1)
         return EPOCH + timedelta(microseconds=int(us)), event_id
-    except (binascii.Error, UnicodeDecodeError, ValueError):
+    # OverflowError: a forged cursor with a timestamp no datetime can hold.
+    except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError):
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "bad cursor") from None
 
 

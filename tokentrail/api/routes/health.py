@@ -22,7 +22,8 @@ def healthz() -> Health:
 
 @router.get("/readyz", response_model=Ready, responses={503: {"model": Ready}})
 def readyz(state: StateDep) -> Ready | JSONResponse:
-    """The store answers at the current schema and the consumer (if any) is running."""
+    """The store answers at the current schema and the consumer (if any) is running and reaches
+    its broker (`disconnected` while it waits for one: 503, with how long in `detail`)."""
     consumer = state.consumer.state if state.consumer is not None else "none"
     detail = state.consumer.error if state.consumer is not None else None
     try:

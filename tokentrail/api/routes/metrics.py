@@ -40,6 +40,16 @@ def metrics(conn: ConnDep, state: StateDep, _: ViewerDep) -> PlainTextResponse:
             "1 while the background consumer runs.",
             {(): 1 if state.consumer.state == "running" else 0},
         )
+        lines += gauge(
+            "tokentrail_consumer_lag",
+            "Records on the broker not yet stored, by partition (as of the last poll).",
+            {(("partition", str(p)),): n for p, n in state.consumer.lag().items()},
+        )
+        timings = state.consumer.write_seconds()
+        if timings is not None:
+            lines += timings.lines(
+                "tokentrail_batch_seconds", "Time to store one poll: validation, write, detection."
+            )
     if state.deliverer is not None:
         lines += prometheus(conn, state.deliverer).splitlines()
     lines += state.metrics.lines()

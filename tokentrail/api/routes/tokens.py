@@ -10,7 +10,7 @@ from fastapi.responses import Response
 
 from tokentrail.api.deps import CatalogDep, ConnDep, StateDep, ViewerDep
 from tokentrail.api.encoding import MsgspecJSON, schema_of
-from tokentrail.api.export import to_cytoscape, to_dot, to_graphml
+from tokentrail.api.export import CYTOSCAPE_SCHEMA, to_cytoscape, to_dot, to_graphml
 from tokentrail.api.models import TokensPage
 from tokentrail.graph import (
     BlastRadius,
@@ -84,6 +84,9 @@ _MEDIA = {
     GraphFormat.dot: "text/vnd.graphviz",
 }
 _GRAPH_RESPONSES = schema_of(TokenGraph)
+_JSON = _GRAPH_RESPONSES[200]["content"]["application/json"]
+# JSON is the TokenGraph, or with format=cytoscape the Cytoscape elements.
+_JSON["schema"] = {"anyOf": [_JSON["schema"], CYTOSCAPE_SCHEMA]}
 _GRAPH_RESPONSES[200]["content"].update(
     {media: {"schema": {"type": "string"}} for media in _MEDIA.values()}
 )

@@ -1,0 +1,287 @@
+"""Query API latency under load, with ingestion idle and while ingestion runs (issue #7).
+
+Set-up, as in production: one `tokentrail serve --kafka` process both serves the API and
+consumes the topic (ingest + detection) into one DuckDB file. The base file is a simulated
+estate; `tokentrail simulate --kafka --rate R` produces more of it while the API is driven by
+`--clients` concurrent clients for `--duration` seconds per phase, with ids sampled from the
+file: chain by trace id, alerts list, alert by id, token blast radius, tokens top list, events.
+
+    .venv/bin/python -u bench/api_load.py                       # 50 clients, 60 s, 10k events/s
+    .venv/bin/python -u bench/api_load.py --duration 20 --clients 10 --rate 2000
+
+Prints per endpoint and phase: requests, p50, p99, errors; the ingest rate achieved during
+the loaded phase (from the server's /metrics) and what the producer managed; and the ratio of
+loaded to idle latency. The machine is shared, so read medians and ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import httpx
+from kafka import KafkaConsumer, TopicPartition
+
+from tokentrail.broker import EmbeddedBroker, free_port
+from tokentrail.simulate import World, WorldSpec, write_world
+
+CLI = [sys.executable, "-m", "tokentrail"]
+TOPIC = "api-calls"
+ENDPOINTS = ("chain", "alerts", "alert", "blast-radius", "tokens-top", "events")
+# The issue's target: p99 under 250 ms for chain and alert reads.
+TARGET_MS = 250.0
+
+
+@dataclass
+class Ids:
+    traces: list[str]
+    alerts: list[str]
+    tokens: list[str]
+
+
+@dataclass
+class Timings:
+    by_endpoint: dict[str, list[float]] = field(default_factory=lambda: {e: [] for e in ENDPOINTS})
+    errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ENDPOINTS, 0))
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def run(args: list[str], **kwargs: object) -> str:
+    done = subprocess.run([*CLI, *args], capture_output=True, text=True, check=False, **kwargs)  # type: ignore[call-overload]
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(args[:2])} failed:\n{done.stderr[-2000:]}")
+    return str(done.stdout)
+
+
+def build_base(folder: Path, *, days: float, scale: float) -> tuple[Path, Path]:
+    """A simulated estate ingested (with detection) into a fresh file; its catalog."""
+    write_world(World(WorldSpec(seed=7, days=days, scale=scale)), folder)
+    db, catalog = folder / "audit.duckdb", folder / "catalog.toml"
+    run(["ingest", str(folder / "events.jsonl"), "--db", str(db), "--catalog", str(catalog)])
+    return db, catalog
+
+
+def sample_ids(db: Path, n: int = 200) -> Ids:
+    with duckdb.connect(str(db), read_only=True) as conn:
+
+        def column(sql: str) -> list[str]:
+            return [str(v) for (v,) in conn.execute(sql).fetchall()]
+
+        return Ids(
+            traces=column(
+                "SELECT trace_id FROM (SELECT DISTINCT trace_id FROM events"
+                f" WHERE trace_id IS NOT NULL) USING SAMPLE reservoir({n} ROWS) REPEATABLE (1)"
+            ),
+            alerts=column(
+                f"SELECT alert_id FROM alerts USING SAMPLE reservoir({n} ROWS) REPEATABLE (1)"
+            ),
+            tokens=column(
+                f"SELECT token_id FROM tokens USING SAMPLE reservoir({n} ROWS) REPEATABLE (1)"
+            ),
+        )
+
+
+def request_for(endpoint: str, ids: Ids, rng: random.Random) -> str:
+    if endpoint == "chain":
+        return f"/v1/chains/{rng.choice(ids.traces)}"
+    if endpoint == "alerts":
+        return "/v1/alerts?limit=50"
+    if endpoint == "alert":
+        return f"/v1/alerts/{rng.choice(ids.alerts)}"
+    if endpoint == "blast-radius":
+        return f"/v1/tokens/{rng.choice(ids.tokens)}/blast-radius"
+    if endpoint == "tokens-top":
+        return "/v1/tokens?limit=20"
+    return "/v1/events?limit=100"
+
+
+async def drive(url: str, key: str, ids: Ids, *, clients: int, duration_s: float) -> Timings:
+    """`clients` concurrent clients, each a closed loop of random reads, for `duration_s`."""
+    timings = Timings()
+    deadline = time.perf_counter() + duration_s
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(
+        base_url=url, headers=headers, limits=limits, timeout=60
+    ) as client:
+
+        async def one_client(seed: int) -> None:
+            rng = random.Random(seed)
+            while time.perf_counter() < deadline:
+                endpoint = rng.choice(ENDPOINTS)
+                started = time.perf_counter()
+                try:
+                    response = await client.get(request_for(endpoint, ids, rng))
+                    ok = response.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    timings.by_endpoint[endpoint].append(time.perf_counter() - started)
+                else:
+                    timings.errors[endpoint] += 1
+
+        await asyncio.gather(*(one_client(i) for i in range(clients)))
+    return timings
+
+
+def stored_events(url: str, key: str) -> int:
+    text = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {key}"}, timeout=60).text
+    found = re.search(r'^tokentrail_consumer_records\{outcome="stored"\} (\d+)', text, re.M)
+    return int(found.group(1)) if found else 0
+
+
+def produced(bootstrap: str) -> int:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        parts = [TopicPartition(TOPIC, p) for p in consumer.partitions_for_topic(TOPIC) or ()]
+        return sum(consumer.end_offsets(parts).values())
+    finally:
+        consumer.close()
+
+
+def wait_ready(url: str, server: subprocess.Popen[bytes], timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"serve exited with {server.returncode}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return
+        time.sleep(0.5)
+    raise SystemExit(f"serve was not ready within {timeout_s:g} s")
+
+
+def stop(process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    """SIGTERM (serve finishes its batch), then SIGKILL if it does not exit in time."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
+@contextlib.contextmanager
+def started(args: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        process = subprocess.Popen([*CLI, *args], stdout=out, stderr=subprocess.STDOUT)
+        try:
+            yield process
+        finally:
+            stop(process)
+
+
+def report(phases: dict[str, Timings], duration_s: float) -> None:
+    names = list(phases)
+    head = f"{'endpoint':<14}" + "".join(
+        f"{f'{n} n':>10}{f'{n} p50':>12}{f'{n} p99':>12}{f'{n} err':>9}" for n in names
+    )
+    print(head + ("   p99 ratio" if len(names) == 2 else ""))
+    for endpoint in ENDPOINTS:
+        line = f"{endpoint:<14}"
+        p99s = []
+        for name in names:
+            values = [v * 1000 for v in phases[name].by_endpoint[endpoint]]
+            p50, p99 = percentile(values, 50), percentile(values, 99)
+            p99s.append(p99)
+            line += (
+                f"{len(values):>10}{p50:>10.1f}ms{p99:>10.1f}ms{phases[name].errors[endpoint]:>9}"
+            )
+        if len(p99s) == 2:
+            line += f"{p99s[1] / p99s[0]:>11.2f}x"
+        print(line)
+    for name in names:
+        total = sum(len(v) for v in phases[name].by_endpoint.values())
+        print(f"{name}: {total / duration_s:,.0f} requests/s over all endpoints")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds per phase")
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--rate", type=float, default=10_000.0, help="events/s produced")
+    parser.add_argument("--base-days", type=float, default=1.0)
+    parser.add_argument("--base-scale", type=float, default=2.0)
+    parser.add_argument("--no-detect", action="store_true", help="serve --no-detect")
+    parser.add_argument("--skip-idle", action="store_true", help="only the loaded phase")
+    args = parser.parse_args()
+    # Enough simulated traffic for the whole loaded phase at the asked rate (~130k events a
+    # day at scale 4), so the producer never runs dry.
+    stream_days = max(1.0, args.rate * (args.duration + 30) / 100_000)
+
+    with tempfile.TemporaryDirectory(prefix="tt-api-load-") as tmp, EmbeddedBroker() as broker:
+        folder = Path(tmp)
+        t = time.perf_counter()
+        db, catalog = build_base(folder, days=args.base_days, scale=args.base_scale)
+        with duckdb.connect(str(db), read_only=True) as conn:
+            (events,) = conn.execute("SELECT count(*) FROM events").fetchone() or (0,)
+        print(f"base: {events:,} events in {time.perf_counter() - t:.0f} s", flush=True)
+        key = run(["keys", "create", "--db", str(db), "--role", "viewer", "--name", "bench"])
+        key = key.strip().splitlines()[-1]
+        ids = sample_ids(db)
+        broker.create_topic(TOPIC, partitions=3)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        serve = ["serve", "--db", str(db), "--port", str(port), "--kafka", broker.bootstrap,
+                 "--topic", TOPIC, "--group", "bench", "--catalog", str(catalog),
+                 *(["--no-detect"] if args.no_detect else [])]  # fmt: skip
+        env_note = f"{os.cpu_count()} cpus"
+        with started(serve, folder / "serve.log") as server:
+            wait_ready(url, server)
+            phases: dict[str, Timings] = {}
+            if not args.skip_idle:
+                print(f"idle: {args.clients} clients for {args.duration:g} s", flush=True)
+                phases["idle"] = asyncio.run(
+                    drive(url, key, ids, clients=args.clients, duration_s=args.duration)
+                )
+            simulate = ["simulate", "--kafka", broker.bootstrap, "--topic", TOPIC,
+                        "--rate", f"{args.rate:g}", "--days", f"{stream_days:g}", "--scale", "4",
+                        "--seed", "8", "--start", "2026-03-09T00:00:00Z"]  # fmt: skip
+            with started(simulate, folder / "simulate.log") as producer:
+                time.sleep(8)  # the consumer joins its group (~3 s) and catches up
+                stored0, produced0, t0 = (
+                    stored_events(url, key),
+                    produced(broker.bootstrap),
+                    time.perf_counter(),
+                )
+                print(f"ingesting: {args.clients} clients for {args.duration:g} s", flush=True)
+                phases["ingesting"] = asyncio.run(
+                    drive(url, key, ids, clients=args.clients, duration_s=args.duration)
+                )
+                elapsed = time.perf_counter() - t0
+                stored1, produced1 = stored_events(url, key), produced(broker.bootstrap)
+                if producer.poll() is not None:
+                    print(f"note: the producer exited early ({producer.returncode})")
+            report(phases, args.duration)
+            print(
+                f"ingest during the loaded phase: {(stored1 - stored0) / elapsed:,.0f} events/s"
+                f" stored, {(produced1 - produced0) / elapsed:,.0f} events/s produced"
+                f" (asked {args.rate:,.0f}); {env_note}, shared machine"
+            )
+            if server.poll() is not None:
+                print((folder / "serve.log").read_text()[-3000:])
+
+
+if __name__ == "__main__":
+    main()
