@@ -80,6 +80,9 @@ class Batch:
 
     def accept(self, event: Event, raw: bytes, partition: int | None, position: int) -> None:
         """Add a valid event; a second copy of an event_id is counted or dead-lettered here."""
+        if event.redacted_raw is not None:
+            # Neither the store nor a conflict's dead letter may see the secrets it held.
+            raw = event.redacted_raw
         event_id = event.wire.event_id
         sameness = hash(event.sameness())
         first = self._seen.get(event_id)

@@ -42,9 +42,15 @@ ONE_US: Final = timedelta(microseconds=1)
 # Epoch values below this are almost surely seconds, not milliseconds (it is 1973-03-03).
 MIN_EPOCH_MS: Final = 100_000_000_000
 MAX_EPOCH_MS: Final = 32_503_680_000_000  # year 3000
+# RFC 3339 times must fall in [1970, 3000) UTC too: a year-10000 instant (9999-12-31T23:59-01:00)
+# cannot be read back as a Python datetime, so storing one would break every query that reads it.
+MIN_TIME_US: Final = 0
+MAX_TIME_US: Final = MAX_EPOCH_MS * 1000
+MAX_BIGINT: Final = (1 << 63) - 1
 
 FLAG_TOKEN_REDACTED: Final = "token_id_redacted"
 FLAG_PARENT_REDACTED: Final = "parent_token_id_redacted"
+FLAG_ATTRIBUTES_REDACTED: Final = "attributes_redacted"
 
 
 class TokenMeta(msgspec.Struct, frozen=True):
@@ -79,7 +85,8 @@ class WireEvent(msgspec.Struct, frozen=True):
     resource: Text | None = None
     source_ip: Text | None = None
     user_agent: Text | None = None
-    bytes_out: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    # Stored as BIGINT: a larger value would become NULL in the store without a word.
+    bytes_out: Annotated[int, msgspec.Meta(ge=0, le=MAX_BIGINT)] | None = None
     task_id: Text | None = None
     actor: Text | None = None
     token: TokenMeta | None = None
@@ -97,6 +104,8 @@ class Event(msgspec.Struct, frozen=True):
     issued_at_us: int | None
     expires_at_us: int | None
     flags: tuple[str, ...]
+    # The JSON to store instead of the input, when validation changed it (secrets in attributes).
+    redacted_raw: bytes | None = None
 
     def sameness(self) -> tuple[object, ...]:
         """What two copies of one `event_id` must share to be a retry rather than a conflict."""
@@ -119,8 +128,7 @@ class InvalidEventError(ValueError):
 # Shapes of raw credentials that must never be stored: JWTs, GitHub, OpenAI-style, Slack, GitLab,
 # Stripe keys, and an AWS secret access key (40 base64 chars). A key *id* such as `AKIA…` (20
 # upper-case chars) is an identifier, not a secret, and is kept; with a secret appended it is not.
-_SECRET_SHAPES: Final = re.compile(
-    r"""^(?:
+_PREFIXED_SHAPES: Final = r"""
         eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*   # JWT (header.payload.sig)
       | gh[pousr]_[A-Za-z0-9]{20,}                             # GitHub tokens
       | github_pat_[A-Za-z0-9_]{20,}
@@ -129,28 +137,76 @@ _SECRET_SHAPES: Final = re.compile(
       | glpat-[A-Za-z0-9_-]{16,}                               # GitLab personal tokens
       | [rs]k_(?:live|test)_[A-Za-z0-9]{16,}                   # Stripe keys
       | (?:AKIA|ASIA)[A-Z0-9]{16}[^A-Za-z0-9]?[A-Za-z0-9/+=]{40}  # AWS key id with its secret
-      | [A-Za-z0-9/+]{40}                                      # AWS secret access key alone
-    )$""",
-    re.VERBOSE,
+"""
+# A prefixed secret anywhere in a value (`Bearer eyJ…`, `token=ghp_…`), not inside a longer word.
+_EMBEDDED_SECRET: Final = re.compile(rf"(?<![A-Za-z0-9_-])(?:{_PREFIXED_SHAPES})", re.VERBOSE)
+# Without a prefix, an AWS secret access key is 40 base64 characters standing alone (in a value
+# of their own, or between spaces, quotes, `=` …); 40 hex digits are a SHA-1 fingerprint instead.
+_BARE_AWS_SECRET: Final = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
+_HEX: Final = frozenset("0123456789abcdefABCDEF")
+
+
+def _bare_aws_secrets(value: str) -> list[str]:
+    return [m for m in _BARE_AWS_SECRET.findall(value) if not _HEX.issuperset(m)]
+
+
+# Attribute names whose value is a credential whatever it looks like (`Authorization: Basic …`,
+# a password, a cookie), matched anywhere in the name, any case.
+_SENSITIVE_KEY: Final = re.compile(
+    r"authori[sz]ation|passw(?:or)?d|secret|api[-_.]?key"
+    r"|(?:access|refresh|id|session|security|bearer)[-_.]?token|cookie|private[-_.]?key",
+    re.IGNORECASE,
 )
+# A cheap first look at an event's `attributes`, lower-cased, so that only the few that may hold
+# a secret are parsed and walked: a secret's prefix, a sensitive name, or a JSON escape (`\u0067`,
+# `\/`) that could spell either without showing it; then a run of 40 base64 characters (a bare
+# AWS secret). Substring tests on `str` cost ~50 ns each here, a regex of all the alternatives ~5 µs
+# (`re` tries every branch at every position), so the regex is kept for the one shape that needs it.
+_SUSPECT_PARTS: Final = (
+    *("eyj", "gh", "sk-", "k_live", "k_test", "xox", "glpat", "akia", "asia", "\\"),
+    *("auth", "passw", "secret", "key", "token", "cookie"),
+)
+_RUN_40: Final = re.compile(r"[A-Za-z0-9/+]{40}")
+
+
+def _may_hold_secret(text: str) -> bool:
+    lowered = text.lower()
+    for part in _SUSPECT_PARTS:
+        if part in lowered:
+            return True
+    return len(text) >= 42 and _RUN_40.search(text) is not None
+
+
+def secret_in(value: str) -> str | None:
+    """The raw credential in `value` (all of it, or the part after `Bearer `, …), else None.
+
+    >>> secret_in("Bearer ghp_" + "a" * 36) == "ghp_" + "a" * 36, secret_in("AKIAIOSFODNN7EXAMPLE")
+    (True, None)
+    """
+    found = _EMBEDDED_SECRET.search(value)
+    if found is not None:
+        return found.group()
+    if len(value) >= 40:
+        bare = _bare_aws_secrets(value)
+        if bare:
+            return bare[0]
+    return None
 
 
 def looks_like_secret(value: str) -> bool:
-    """True when `value` has the shape of a raw credential rather than a fingerprint of one.
+    """True when `value` holds a raw credential rather than a fingerprint of one.
 
     >>> looks_like_secret("ghp_" + "a" * 36), looks_like_secret("AKIAIOSFODNN7EXAMPLE")
     (True, False)
     """
-    # A 40-char hex string is a SHA-1 fingerprint, the very thing producers should send.
-    if len(value) == 40 and all(c in "0123456789abcdef" for c in value):
-        return False
-    return _SECRET_SHAPES.match(value) is not None
+    return secret_in(value) is not None
 
 
 class SecretRedactor:
     """Replaces raw secrets by a keyed hash, so the same secret always maps to the same id.
 
-    Token ids repeat across millions of events, so each distinct value is classified once.
+    Token ids repeat across millions of events, so each distinct value is classified once. The
+    hash covers the secret alone: `Bearer ghp_…` and `ghp_…` are one credential, one id.
     """
 
     _CACHE_LIMIT: Final = 200_000
@@ -159,20 +215,63 @@ class SecretRedactor:
         self._salt = salt
         self._cache: dict[str, tuple[str, bool]] = {}
 
+    def hashed(self, secret: str) -> str:
+        """The id stored in place of `secret`."""
+        digest = hmac.new(self._salt, secret.encode(), hashlib.sha256).hexdigest()
+        return f"redacted:{digest[:32]}"
+
     def redact(self, token_id: str) -> tuple[str, bool]:
         """Return (the id to store, whether it was a secret that got hashed)."""
         hit = self._cache.get(token_id)
         if hit is not None:
             return hit
-        if looks_like_secret(token_id):
-            digest = hmac.new(self._salt, token_id.encode(), hashlib.sha256).hexdigest()
-            hit = (f"redacted:{digest[:32]}", True)
-        else:
-            hit = (token_id, False)
+        secret = secret_in(token_id)
+        hit = (token_id, False) if secret is None else (self.hashed(secret), True)
         if len(self._cache) >= self._CACHE_LIMIT:
             self._cache.clear()
         self._cache[token_id] = hit
         return hit
+
+    def redact_attributes(self, raw: str) -> bytes | None:
+        """`attributes` JSON with every secret replaced by its hash; None if it held none.
+
+        Values under sensitive names (`authorization`, `password`, `api_key` …) are hashed
+        whole; elsewhere, secrets are found by shape, in keys and in values at any depth.
+
+        >>> SecretRedactor(b"k").redact_attributes('{"password": "hunter2", "n": 1}')
+        b'{"password":"redacted:0cd9cde64b418f83ab6358d5fa0fb2b0","n":1}'
+        """
+        if not _may_hold_secret(raw):
+            return None
+        value = msgspec.json.decode(raw)
+        changed, clean = self._clean(value, sensitive=False)
+        return msgspec.json.encode(clean) if changed else None
+
+    def _clean(self, value: object, *, sensitive: bool) -> tuple[bool, object]:
+        if isinstance(value, str):
+            if sensitive:
+                return True, self.hashed(value)
+            clean, found = _EMBEDDED_SECRET.subn(lambda m: self.hashed(m.group()), value)
+            if len(clean) >= 40:
+                for bare in _bare_aws_secrets(clean):
+                    clean = clean.replace(bare, self.hashed(bare))
+                    found += 1
+            return bool(found), clean
+        if isinstance(value, dict):
+            changed, cleaned = False, {}
+            for key, item in value.items():
+                hide = sensitive or _SENSITIVE_KEY.search(key) is not None
+                key_changed, new_key = self._clean(key, sensitive=False)
+                item_changed, new_item = self._clean(item, sensitive=hide)
+                changed = changed or key_changed or item_changed
+                cleaned[new_key] = new_item
+            return changed, cleaned
+        if isinstance(value, list):
+            results = [self._clean(item, sensitive=sensitive) for item in value]
+            return any(c for c, _ in results), [v for _, v in results]
+        if sensitive and value is not None and not isinstance(value, bool):
+            return True, self.hashed(str(value))  # a numeric PIN or password
+        return False, value
 
 
 def timestamp_us(value: Timestamp, field: str) -> int:
@@ -184,7 +283,10 @@ def timestamp_us(value: Timestamp, field: str) -> int:
         return value * 1000
     if value.tzinfo is None:
         raise InvalidEventError(f"`{field}` has no UTC offset (RFC 3339 needs `Z` or `+hh:mm`)")
-    return (value - EPOCH) // ONE_US
+    micros = (value - EPOCH) // ONE_US
+    if not MIN_TIME_US <= micros < MAX_TIME_US:
+        raise InvalidEventError(f"`{field}` {value.isoformat()} is out of range (1970 to 3000 UTC)")
+    return micros
 
 
 _REQUIRED_TEXT: Final = ("event_id", "token_id", "identity", "source", "target", "operation")
@@ -195,6 +297,7 @@ class EventDecoder:
 
     def __init__(self, *, salt: bytes, max_bytes: int = 1 << 20) -> None:
         self._decoder = msgspec.json.Decoder(WireEvent)
+        self._encode = msgspec.json.Encoder().encode
         self._redactor = SecretRedactor(salt)
         self.max_bytes = max_bytes
 
@@ -214,6 +317,10 @@ class EventDecoder:
             raise InvalidEventError(f"unparsable JSON: {exc}") from None
         except UnicodeDecodeError as exc:
             raise InvalidEventError(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
+        except RecursionError:
+            # msgspec refuses nesting deeper than its stack allows (even inside `attributes`,
+            # which it only skips); an event is never legitimately that deep.
+            raise InvalidEventError("unparsable JSON: nested too deeply") from None
         return self.validate(wire)
 
     def validate(self, wire: WireEvent) -> Event:
@@ -236,9 +343,29 @@ class EventDecoder:
                 issued = timestamp_us(wire.token.issued_at, "token.issued_at")
             if wire.token.expires_at is not None:
                 expires = timestamp_us(wire.token.expires_at, "token.expires_at")
-        attributes = wire.attributes
-        if len(attributes) and not bytes(attributes).lstrip().startswith((b"{", b"null")):
-            raise InvalidEventError(
-                "invalid event: `attributes` must be an object - at `$.attributes`"
-            )
-        return Event(wire, ts_us, token_id, parent, issued, expires, tuple(flags))
+        redacted_raw = None
+        if len(wire.attributes):
+            attributes = bytes(wire.attributes)
+            if not attributes.lstrip().startswith((b"{", b"null")):
+                raise InvalidEventError(
+                    "invalid event: `attributes` must be an object - at `$.attributes`"
+                )
+            try:
+                # msgspec skips `attributes` without checking its UTF-8; the store would then
+                # refuse the whole batch it arrived in.
+                text = attributes.decode()
+            except UnicodeDecodeError as exc:
+                raise InvalidEventError(
+                    f"not UTF-8: {exc.reason} at byte {exc.start} of `attributes`"
+                ) from None
+            try:
+                clean = self._redactor.redact_attributes(text)
+            except RecursionError:
+                raise InvalidEventError(
+                    "invalid event: `attributes` nested too deeply - at `$.attributes`"
+                ) from None
+            if clean is not None:
+                wire = msgspec.structs.replace(wire, attributes=msgspec.Raw(clean))
+                redacted_raw = self._encode(wire)
+                flags.append(FLAG_ATTRIBUTES_REDACTED)
+        return Event(wire, ts_us, token_id, parent, issued, expires, tuple(flags), redacted_raw)

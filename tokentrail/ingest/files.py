@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 import msgspec
 
 from tokentrail.errors import SourceError
+from tokentrail.ingest.adapters import DECODE_ERRORS
 
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -110,7 +111,7 @@ class RecordFile:
         data = stream.read()
         try:
             items = msgspec.json.decode(data, type=list[msgspec.Raw])
-        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+        except DECODE_ERRORS:
             if _is_json(data.lstrip().split(b"\n", 1)[0]):
                 # JSON lines of arrays (a span list per line, as Zipkin reporters send them).
                 yield from self._lines(io.BufferedReader(io.BytesIO(data)))
@@ -130,6 +131,6 @@ def _is_json(data: bytes) -> bool:
     """Whether `data` is exactly one JSON value (checked without building it)."""
     try:
         msgspec.json.decode(data, type=msgspec.Raw)
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+    except DECODE_ERRORS:
         return False
     return True

@@ -22,7 +22,7 @@ from typing import Final
 import msgspec
 
 from tokentrail.config import AdapterSettings
-from tokentrail.ingest.adapters import Adapter, Item, cloudtrail, otlp, zipkin
+from tokentrail.ingest.adapters import DECODE_ERRORS, Adapter, Item, cloudtrail, otlp, zipkin
 from tokentrail.ingest.files import RecordFile
 
 __all__ = ["AUTO", "EVENTS", "FORMATS", "Format", "adapt_file", "detect", "file_records"]
@@ -122,7 +122,7 @@ def detect(record: bytes) -> Format | None:
             if not probe:
                 return None
             probe = _decode_item(probe[0])
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+    except DECODE_ERRORS:
         return None
     return next((f for f in FORMATS.values() if f.recognises(probe, in_array)), None)
 

@@ -75,8 +75,14 @@ Item = Mapped | Unmapped
 Adapter = Callable[[bytes], list[Item]]
 
 encode: Final = msgspec.json.Encoder().encode
-# What decoding a piece of input may raise: bad JSON, a wrong type, bytes that are not UTF-8.
-DECODE_ERRORS: Final = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
+# What decoding a piece of input may raise: bad JSON, a wrong type, bytes that are not UTF-8,
+# and nesting deeper than msgspec's recursion allows (`[[[[…` is valid JSON of any depth).
+DECODE_ERRORS: Final = (
+    msgspec.DecodeError,
+    msgspec.ValidationError,
+    UnicodeDecodeError,
+    RecursionError,
+)
 # Event times the contract takes (epoch microseconds, 1973 to 3000).
 MIN_MICROS: Final = MIN_EPOCH_MS * 1000
 MAX_MICROS: Final = MAX_EPOCH_MS * 1000
@@ -86,6 +92,8 @@ def why(exc: Exception) -> str:
     """One line saying why a piece of input did not decode."""
     if isinstance(exc, UnicodeDecodeError):
         return f"not UTF-8: {exc.reason} at byte {exc.start}"
+    if isinstance(exc, RecursionError):
+        return "JSON nested too deeply"
     return str(exc)
 
 

@@ -32,7 +32,7 @@ from typing import Any, Final
 import msgspec
 
 from tokentrail.config import AdapterSettings
-from tokentrail.events import IDENTITY_KINDS, InvalidEventError
+from tokentrail.events import IDENTITY_KINDS, MAX_BIGINT, InvalidEventError
 from tokentrail.ingest.adapters import (
     DECODE_ERRORS,
     FLAG_IDENTITY_FALLBACK,
@@ -603,4 +603,4 @@ def _size(value: str | None) -> int | None:
         size = int(value)
     except ValueError:
         return None
-    return size if size >= 0 else None
+    return size if 0 <= size <= MAX_BIGINT else None

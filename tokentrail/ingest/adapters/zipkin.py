@@ -32,7 +32,7 @@ from zlib import crc32
 import msgspec
 
 from tokentrail.config import AdapterSettings
-from tokentrail.events import IDENTITY_KINDS, InvalidEventError
+from tokentrail.events import IDENTITY_KINDS, MAX_BIGINT, InvalidEventError
 from tokentrail.ingest.adapters import (
     DECODE_ERRORS,
     FLAG_IDENTITY_FALLBACK,
@@ -486,7 +486,11 @@ def _outcome(tags: dict[str, str], status: int | None) -> str:
 def _size(value: str | None) -> int | None:
     if value is None or not value.isdigit():
         return None
-    return int(value)
+    try:
+        size = int(value)
+    except ValueError:  # `²` is a digit to isdigit() but not to int(); so is a 5000-digit number
+        return None
+    return size if size <= MAX_BIGINT else None
 
 
 def _text(value: str | None) -> str | None:
