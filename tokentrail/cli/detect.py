@@ -14,6 +14,7 @@ import msgspec
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from tokentrail.cli.app import DbOption, app, err
 from tokentrail.detect.evaluate import Evaluation, Scores, evaluate, load_labels
@@ -220,9 +221,13 @@ def alerts(
         for row in rows:
             typer.echo(cef_line(row))
     else:
-        table = Table("severity", "score", "detector", "title", "first seen", "count", "status")
+        table = Table(
+            "alert", "severity", "score", "detector", "title", "first seen", "count", "status"
+        )
         for row in rows:
             table.add_row(
+                # The id `contain`, `/v1/alerts/{id}` and `/ui#alert=` take; never folded.
+                Text(row.alert_id, no_wrap=True),
                 row.severity,
                 f"{row.score:g}",
                 row.detector,

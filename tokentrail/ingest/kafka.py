@@ -173,6 +173,7 @@ class KafkaIngest:
                     written.append(batch)
                 self.pipeline.drain()
                 self.write_seconds.observe(time.monotonic() - started)
+                log.info("stored a poll of %d records", sum(len(b) for b in written))
                 for batch in written:
                     self.floor.update(batch.offsets)
                     self._renewed.update(batch.offsets)
