@@ -45,6 +45,7 @@ from tokentrail.store.investigate import (
     credential_calls,
     newest_event_us,
     token_calls,
+    token_users,
     top_alert_id,
 )
 
@@ -597,7 +598,9 @@ def build_containment(
         alert_id=alert.alert_id,
         as_of=as_of,
         tokens=tokens,
-        identities=_identities(alert, tokens, chains, set(reasons)),
+        identities=_identities(
+            alert, tokens, chains, set(reasons), token_users(conn, token_ids=list(reasons))
+        ),
         credentials=_credentials(conn, tokens=list(reasons), evidence=evidence, alert=alert),
     )
 
@@ -624,7 +627,11 @@ def _revoke(
 
 
 def _identities(
-    alert: AlertInfo, tokens: Sequence[RevokeToken], chains: Sequence[Chain], family: set[str]
+    alert: AlertInfo,
+    tokens: Sequence[RevokeToken],
+    chains: Sequence[Chain],
+    family: set[str],
+    users: Sequence[tuple[str, str]],
 ) -> list[RotateIdentity]:
     held: dict[str, list[str]] = {}
     why: dict[str, list[str]] = {}
@@ -637,6 +644,13 @@ def _identities(
     for identity, owned in held.items():
         if owned:
             why.setdefault(identity, []).append(f"holds {', '.join(owned)}")
+    holders = {t.token_id: t.identity for t in tokens}
+    for token_id, user in users:
+        if user != holders.get(token_id):
+            # A token used by someone other than its holder (shared, copied or stolen): that
+            # identity had the secret too, and its own workloads may keep more copies.
+            held.setdefault(user, []).append(token_id)
+            why.setdefault(user, []).append(f"also used {token_id}")
     for chain in chains:
         holder = {s.token_id: s.identity for s in chain.spans}
         for switch in chain.token_switches:

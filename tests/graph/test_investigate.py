@@ -203,6 +203,27 @@ def test_a_confused_deputy_names_the_caller_that_drove_it(tmp_path: Path) -> Non
     ]  # fmt: skip
 
 
+def test_every_identity_that_used_a_shared_token_is_rotated(tmp_path: Path) -> None:
+    owner, other = "spiffe://prod/ns/shop/sa/orders", "spiffe://prod/ns/shop/sa/inventory"
+    events = [
+        *(call(ts=T0_MS + i * 60_000, identity=owner, source="orders", token_id="tok-shared",
+               target="orders-db") for i in range(3)),
+        call(ts=T0_MS + 600_000, identity=other, source="inventory", token_id="tok-shared",
+             target="orders-db"),
+    ]  # fmt: skip
+    (tmp_path / "catalog.toml").write_text("")
+    db = ingest_with_catalog(
+        write_events(tmp_path / "e.jsonl", events), tmp_path / "catalog.toml", tmp_path / "d.db"
+    )
+    with Store.open(db) as opened:
+        alert = _alert(opened, "shared_token")
+        found = containment(opened.conn, alert_id=alert)
+    rotated = {i.identity: i for i in found.identities}
+    assert set(rotated) == {owner, other}
+    assert rotated[other].tokens == ["tok-shared"]
+    assert "also used tok-shared" in rotated[other].reason
+
+
 def test_reach_as_of_the_newest_event_is_the_stored_reach(tmp_path: Path) -> None:
     # The as-of reach is rebuilt from events (edges, chain walks, lineage links by time): at the
     # newest event it must agree exactly with what the derived tables hold, token by token.

@@ -116,3 +116,17 @@ def newest_event_us(conn: duckdb.DuckDBPyConnection) -> int | None:
     """The newest stored event time: the store's clock (event time, never the wall clock)."""
     rows = conn.execute("SELECT epoch_us(max(ts)) FROM events").fetchall()
     return int(rows[0][0]) if rows and rows[0][0] is not None else None
+
+
+def token_users(
+    conn: duckdb.DuckDBPyConnection, *, token_ids: Sequence[str]
+) -> list[tuple[str, str]]:
+    """(token, identity) for every identity that used one of the tokens, oldest use first: a
+    shared or stolen token has more users than its registered holder."""
+    rows = conn.execute(
+        "SELECT token_id, identity FROM token_edges"
+        " WHERE token_id IN (SELECT unnest(CAST($tokens AS VARCHAR[])))"
+        " GROUP BY token_id, identity ORDER BY min(first_seen), token_id, identity",
+        {"tokens": list(token_ids)},
+    ).fetchall()
+    return [(str(t), str(i)) for t, i in rows]
