@@ -674,7 +674,8 @@ SELECT e.identity, epoch_us(time_bucket(INTERVAL 1 HOUR, e.ts)) AS hour_us,
        count(DISTINCT e.source) AS sources,
        ln(1 + coalesce(sum(e.bytes_out), 0)) AS log_bytes,
        max(coalesce(c.sensitivity, $default_sensitivity)) AS sensitive,
-       arg_max(e.token_id, (e.ts, e.event_id)) AS token_id
+       -- The token of the hour's first event: the evidence (`hour_event_ids`) starts there.
+       arg_min(e.token_id, (e.ts, e.event_id)) AS token_id
 FROM events e
 LEFT JOIN seen s ON s.subject = e.identity AND s.value = e.target
 LEFT JOIN tt_det_services c ON c.name = e.target
