@@ -9,7 +9,7 @@
     copy) against the same events given as native contract events.
 
     .venv/bin/python bench/ingest.py                  # 300k events, RSS at 100k and 1M
-    .venv/bin/python bench/ingest.py --events 1000000 --rss 100000,1000000,5000000
+    .venv/bin/python bench/ingest.py --skip files,kafka,adapters --rss 100000,1000000,5000000
 
 Medians of --repeat runs are printed; the machine is shared, so read the ratios.
 """
@@ -104,7 +104,9 @@ def tokentrail_file(path: Path, db: Path, fmt: str = "events") -> int:
     """Events stored from `path` read as `fmt`, by a fresh store and pipeline (no hooks)."""
     db.unlink(missing_ok=True)
     settings = Settings()
-    with Store.open(db) as store, Pipeline(store, settings) as pipeline:
+    duck = settings.duckdb
+    store = Store.open(db, memory_limit=duck.memory_limit, temp_directory=duck.temp_directory)
+    with store, Pipeline(store, settings) as pipeline:
         source = RecordFile(str(path))
         ingest_file(pipeline, source, fmt=fmt, batch_size=settings.file_batch_size)
         assert pipeline.totals.stored > 0
@@ -229,7 +231,8 @@ def bench_rss(sizes: list[int], work: Path) -> None:
         peak_mb = int(out.stdout.split()[-1]) / 1024
         print(
             f"    {n:>10,} events  peak RSS {peak_mb:>6,.0f} MB"
-            f"  ({n / elapsed:,.0f} events/s, process start included)"
+            f"  ({n / elapsed:,.0f} events/s, process start included;"
+            f" duckdb.memory_limit {Settings().duckdb.memory_limit})"
         )
         path.unlink()
         db.unlink()

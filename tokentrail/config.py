@@ -163,6 +163,24 @@ class SinksSettings(BaseModel):
     backlog_max: int = Field(default=100_000, ge=1)
 
 
+class DuckDBSettings(BaseModel):
+    """How much memory the DuckDB file may use, and where it spills the rest.
+
+    DuckDB's own default is 80% of RAM, and it keeps what it once held: an ingest then grows
+    with the data. Bounded, it spills sorts, joins and temp tables to `temp_directory`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    # A DuckDB size ("256MB", "1GB"), or None for DuckDB's default (80% of RAM). It bounds the
+    # buffer pool only: an ingest process needs ~300 MB more. Primary-key indexes cannot spill,
+    # and the one on `traces` grows by ~100 bytes a trace, so a fixed limit fails an ingest once
+    # the store outgrows it (128MB: at ~850k single-span traces); hence no limit by default.
+    memory_limit: str | None = Field(default=None, pattern=r"(?i)^\s*\d+(\.\d+)?\s*[KMGT]i?B\s*$")
+    # Where spilled data goes; by default `<db file>.tmp`, next to the database.
+    temp_directory: str | None = None
+
+
 class Settings(BaseSettings):
     """Everything an operator may tune. Detector tuning lives with each detector."""
 
@@ -171,9 +189,11 @@ class Settings(BaseSettings):
     )
 
     max_event_bytes: int = Field(default=1 << 20, ge=1024)
-    # Events per batch written from a file or stdin: one transaction each.
-    file_batch_size: int = Field(default=100_000, ge=1)
+    # Events per batch written from a file or stdin: one transaction each. A batch costs ~45 MB
+    # in Python per 50k events while it is read, and as much again in DuckDB while it is stored.
+    file_batch_size: int = Field(default=50_000, ge=1)
     kafka: KafkaSettings = KafkaSettings()
+    duckdb: DuckDBSettings = DuckDBSettings()
     adapters: AdapterSettings = AdapterSettings()
     sinks: SinksSettings = SinksSettings()
 

@@ -17,7 +17,7 @@ from tokentrail.detect.model import Call, Detector, Finding
 from tokentrail.detect.registry import DETECTORS
 from tokentrail.detect.rules import parse_rules
 from tokentrail.ingest.pipeline import Pipeline
-from tokentrail.store import Store
+from tokentrail.store import BatchResult, Store
 from tokentrail.store.alerts import list_alerts
 
 HOUR_MS = 3_600_000
@@ -270,3 +270,23 @@ def test_evaluate_meets_the_recall_target(world: Path, tmp_path: Path, severity:
     assert result.tokentrail.false_per_day_by_severity[severity] == 0
     assert result.tokentrail.false_per_day <= 3
     assert all(c.max_severity in (None, "info", "low") for c in result.benign_changes)
+
+
+def test_a_failed_pass_is_one_log_line_and_ingestion_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "t.duckdb"
+    with Store.open(path) as store:
+        feed(store, None, lines_of(routine(24 * 30)), 10_000)
+    # Too little memory for a pass: it fails as a whole, the events stay pending.
+    with Store.open(path, memory_limit="8MB") as store:
+        engine = Detection(store)
+        caplog.set_level("DEBUG", logger="tokentrail.detect.engine")
+        engine.on_batch(Batch("file", "test"), BatchResult(1, 0, 0, 0))
+    [error] = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert error.getMessage().startswith("detection pass failed, events stay pending: ")
+    assert "Out of Memory Error" in error.getMessage()
+    assert "\n" not in error.getMessage()
+    assert error.exc_info is None
+    assert any(r.levelname == "DEBUG" and r.exc_info for r in caplog.records)
+    assert engine.totals.errors == {"engine": 1}

@@ -210,3 +210,25 @@ def test_a_database_opens_read_only_for_readers(tmp_path: Path) -> None:
     with Store.open(path, read_only=True) as reader:
         assert reader.stats()["events"] == 1
         assert reader.version == LATEST
+
+
+def test_a_failed_write_reports_its_cause_not_the_aborted_transaction(tmp_path: Path) -> None:
+    path = tmp_path / "t.duckdb"
+    Store.open(path).close()
+    # Too little memory to stage 20,000 events: a statement fails inside the transaction.
+    with Store.open(path, memory_limit="8MB") as store:
+        with pytest.raises(StoreError) as failed:
+            ingest(store, [call(event_id=f"e-{i}", resource="r" * 200) for i in range(20_000)])
+        assert "Out of Memory Error" in str(failed.value)
+        assert "duckdb.memory_limit" in str(failed.value)
+        assert "aborted" not in str(failed.value)
+        # Nothing half-written, and the connection is usable again.
+        assert store.stats()["events"] == 0
+    with Store.open(path, memory_limit="256MB") as store:
+        [result] = ingest(store, [call(event_id="after")])
+        assert result.stored == 1
+
+
+def test_a_bad_memory_limit_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="cannot open"):
+        Store.open(tmp_path / "t.duckdb", memory_limit="plenty")

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from tokentrail.api.auth import Role, create_key
-from tokentrail.cli.app import DbOption, app, err, settings
+from tokentrail.cli.app import DbOption, app, err, open_store, settings
 from tokentrail.cli.detect import CatalogOption, RulesOption, out
 from tokentrail.errors import StoreError, TokentrailError
 from tokentrail.store import Store
@@ -25,7 +25,7 @@ app.add_typer(keys_app)
 def _existing(db: Path) -> Store:
     if not db.exists():
         raise StoreError(f"no database at {db}; ingest events first (tokentrail ingest ...)")
-    return Store.open(db)
+    return open_store(db)
 
 
 @app.command()
@@ -65,7 +65,7 @@ def serve(
 
     if kafka and not topic:
         raise TokentrailError("--kafka needs --topic")
-    store = Store.open(db) if kafka else _existing(db)
+    store = open_store(db) if kafka else _existing(db)
     with store:
         consumer = None
         if kafka and topic:

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from tokentrail.config import Settings, load_settings
+from tokentrail.store import Store
 
 app = typer.Typer(
     name="tokentrail",
@@ -47,6 +48,12 @@ class State:
 def settings() -> Settings:
     """The settings for this invocation (file from --config, then TOKENTRAIL_* variables)."""
     return load_settings(State.config)
+
+
+def open_store(db: Path) -> Store:
+    """The store at `db` for a long-running command, its DuckDB memory bounded by the settings."""
+    duck = settings().duckdb
+    return Store.open(db, memory_limit=duck.memory_limit, temp_directory=duck.temp_directory)
 
 
 @app.callback()

@@ -23,7 +23,7 @@ from rich.progress import (
 )
 
 from tokentrail.batch import Batch
-from tokentrail.cli.app import DbOption, app, err, settings
+from tokentrail.cli.app import DbOption, app, err, open_store, settings
 from tokentrail.cli.detect import CatalogOption, RulesOption
 from tokentrail.detect.engine import PassResult
 from tokentrail.detect.setup import detection_for
@@ -33,7 +33,6 @@ from tokentrail.ingest.files import RecordFile
 from tokentrail.ingest.kafka import KafkaIngest
 from tokentrail.ingest.pipeline import BatchHook, Pipeline, Totals
 from tokentrail.ingest.replay import ingest_file
-from tokentrail.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +92,7 @@ def ingest(
     if kafka and not topic:
         raise TokentrailError("--kafka needs --topic")
     cfg = settings()
-    with Store.open(db) as store:
+    with open_store(db) as store:
         engine = None if no_detect else detection_for(store, catalog_path=catalog, rules_path=rules)
         # Detection knows the catalog: keep blast radius scores under it current as we go.
         keeper = ScoreKeeper(store, engine.catalog) if engine else None

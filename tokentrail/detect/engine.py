@@ -131,8 +131,10 @@ class Detection:
         if result.stored:
             try:
                 self.run(final=False)
-            except Exception:  # detection must never stop ingestion; the next pass retries
-                log.exception("detection pass failed; events stay pending")
+            except Exception as exc:  # detection must never stop ingestion; the next pass retries
+                # One line for the operator; the traceback is for whoever debugs it.
+                log.error("detection pass failed, events stay pending: %s", _one_line(exc))
+                log.debug("detection pass failed", exc_info=True)
                 self.totals.errors["engine"] = self.totals.errors.get("engine", 0) + 1
 
     def finish(self) -> PassResult:
@@ -337,6 +339,17 @@ class Detection:
             evidence=evidence,
         )
         return _finish(merged, max(alert.score, f.score))
+
+
+def _one_line(exc: Exception) -> str:
+    """What went wrong, on one line: DuckDB's messages name their kind, others get it added."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else ""
+    if isinstance(exc, duckdb.OutOfMemoryException):
+        text += " (raise the setting duckdb.memory_limit)"
+    if not isinstance(exc, duckdb.Error):
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text
 
 
 def _severity(value: str) -> Severity:

@@ -8,6 +8,7 @@ stores nothing twice.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Final
 
 import duckdb
+import pyarrow as pa
 
 from tokentrail.batch import Batch
 from tokentrail.errors import StoreError
@@ -27,6 +29,8 @@ from tokentrail.store.migrations import LATEST, current_version, migrate
 from tokentrail.store.retention import retention_floor_us
 
 __all__ = ["BatchResult", "Store"]
+
+log = logging.getLogger(__name__)
 
 # How DuckDB reads the validated raw JSON (types were checked by the decoder already).
 _JSON_SHAPE: Final = json.dumps(
@@ -107,10 +111,20 @@ class Store:
         self.path = path
 
     @classmethod
-    def open(cls, path: str | Path, *, read_only: bool = False) -> Store:
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        read_only: bool = False,
+        memory_limit: str | None = None,
+        temp_directory: str | None = None,
+    ) -> Store:
         """Open (creating and migrating if needed) the DuckDB file at `path`.
 
-        >>> store = Store.open(":memory:")
+        `memory_limit` bounds DuckDB's buffer pool (e.g. "160MB"; DuckDB's default is 80% of
+        RAM); what does not fit spills to `temp_directory` (by default `<path>.tmp`).
+
+        >>> store = Store.open(":memory:", memory_limit="64MB")
         >>> store.stats()["events"]
         0
         """
@@ -124,9 +138,11 @@ class Store:
         except duckdb.Error as exc:
             raise StoreError(f"cannot open {target}: {_first_line(exc)}") from None
         store = cls(conn, target)
-        # DuckDB checkpoints the WAL into the file every 16 MB by default, which at ingest rates
-        # means a checkpoint every batch; a larger WAL costs only a longer replay after a crash.
-        conn.execute("SET checkpoint_threshold = '512MB'")
+        try:
+            _limit_memory(conn, memory_limit=memory_limit, temp_directory=temp_directory)
+        except duckdb.Error as exc:
+            conn.close()
+            raise StoreError(f"cannot open {target}: {_first_line(exc)}") from None
         # Rows need no physical order (queries sort); unordered inserts run ~30% faster.
         conn.execute("SET preserve_insertion_order = false")
         if read_only:
@@ -175,7 +191,12 @@ class Store:
         try:
             yield
         except BaseException:
-            self.conn.rollback()
+            try:
+                self.conn.rollback()
+            except duckdb.Error:
+                # The database refused even the rollback (it was invalidated): what went wrong
+                # first is the error to report.
+                log.debug("rollback failed", exc_info=True)
             raise
         self.conn.commit()
 
@@ -188,6 +209,12 @@ class Store:
         try:
             with self._transaction():
                 return self._write_batch(batch)
+        except duckdb.OutOfMemoryException as exc:
+            [(limit,)] = self.conn.execute("SELECT current_setting('memory_limit')").fetchall()
+            raise StoreError(
+                f"cannot write to {self.path}: {_first_line(exc)}"
+                f" (DuckDB may use {limit}: raise the setting duckdb.memory_limit)"
+            ) from None
         except duckdb.Error as exc:
             raise StoreError(f"cannot write to {self.path}: {_first_line(exc)}") from None
 
@@ -195,13 +222,21 @@ class Store:
         conn = self.conn
         stored, duplicates = 0, batch.duplicates
         if batch.accepted:
-            conn.register("batch_events", batch.events_table())
-            try:
+            with _registered(conn, "batch_events", batch.events_table()):
                 # Events older than the retention floor were pruned: their ids can no longer
                 # be deduplicated, so storing them again would count their calls twice.
                 conn.execute(_STAGE, {"floor": retention_floor_us(conn)})
-            finally:
-                conn.unregister("batch_events")
+            for seq, event_id in conn.execute(
+                "SELECT seq, event_id FROM staged WHERE conflicting ORDER BY seq"
+            ).fetchall():
+                batch.reject_conflict(seq, event_id)
+            for (seq,) in conn.execute(
+                "SELECT seq FROM staged WHERE before_floor AND NOT stored_before ORDER BY seq"
+            ).fetchall():
+                batch.reject_accepted(seq, _before_floor(conn))
+            # DuckDB holds the events now: their bytes (~90 MB per 100k) need not wait for the
+            # merges and detection while the next batch is read.
+            batch.release()
             conn.execute(
                 "CREATE OR REPLACE TEMP VIEW new_events AS"
                 " SELECT * EXCLUDE (seq, stored_before, conflicting, before_floor) FROM staged"
@@ -219,25 +254,14 @@ class Store:
             ).fetchone()
             assert counts is not None
             stored, duplicates = int(counts[0]), duplicates + int(counts[1])
-            for seq, event_id in conn.execute(
-                "SELECT seq, event_id FROM staged WHERE conflicting ORDER BY seq"
-            ).fetchall():
-                batch.reject_conflict(seq, event_id)
-            for (seq,) in conn.execute(
-                "SELECT seq FROM staged WHERE before_floor AND NOT stored_before ORDER BY seq"
-            ).fetchall():
-                batch.reject_accepted(seq, _before_floor(conn))
             conn.execute("DROP VIEW new_events")
             conn.execute("DROP TABLE staged")
         if batch.dead_letters:
-            conn.register("batch_dead", batch.dead_letters_table())
-            try:
+            with _registered(conn, "batch_dead", batch.dead_letters_table()):
                 conn.execute(
                     "INSERT INTO dead_letters SELECT now(), origin_kind, origin_name, partition,"
                     " position, reason, raw FROM batch_dead"
                 )
-            finally:
-                conn.unregister("batch_dead")
         if batch.offsets:
             conn.executemany(
                 "INSERT INTO ingest_offsets VALUES (?, ?, ?, now())"
@@ -282,6 +306,42 @@ class Store:
 def _before_floor(conn: duckdb.DuckDBPyConnection) -> str:
     floor = datetime.fromtimestamp((retention_floor_us(conn) or 0) / 1e6, UTC)
     return f"event time before the retention floor {floor:%Y-%m-%dT%H:%M:%SZ}: it was pruned"
+
+
+# DuckDB checkpoints its WAL into the file past this size. Data committed but not checkpointed
+# stays in memory (~60 MB per 100k events): a larger threshold grows the process by that much
+# per batch until the checkpoint, or spills it to the temp directory under a memory limit.
+_CHECKPOINT_THRESHOLD: Final = "16MB"
+
+# A statement whose peak allocation passed this hands the freed memory back to the system when
+# it ends (DuckDB's default, 128 MB, keeps more than a bounded process can spare).
+_ALLOCATOR_FLUSH_THRESHOLD: Final = "32MB"
+
+
+def _limit_memory(
+    conn: duckdb.DuckDBPyConnection, *, memory_limit: str | None, temp_directory: str | None
+) -> None:
+    conn.execute(f"SET checkpoint_threshold = {_literal(_CHECKPOINT_THRESHOLD)}")
+    if memory_limit is not None:
+        conn.execute(f"SET memory_limit = {_literal(memory_limit)}")
+        conn.execute(f"SET allocator_flush_threshold = {_literal(_ALLOCATOR_FLUSH_THRESHOLD)}")
+    if temp_directory is not None:
+        conn.execute(f"SET temp_directory = {_literal(temp_directory)}")
+
+
+def _literal(value: str) -> str:
+    """A SQL string literal (SET takes no parameters)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+@contextmanager
+def _registered(conn: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> Iterator[None]:
+    """`table` as relation `name` for the statements of the block, inside a transaction."""
+    conn.register(name, table)
+    yield
+    # Not in a `finally`: after a failed statement the aborted transaction refuses even this,
+    # and that error would hide the real one; the rollback drops the registration anyway.
+    conn.unregister(name)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -290,11 +290,18 @@ FROM facts GROUP BY subject, facet, value
 _ANNOTATE: Final = """
 CREATE OR REPLACE TEMP TABLE detect_calls AS
 WITH w AS (
-    SELECT d.*, coalesce(p.privilege, 'read') AS privilege,
+    SELECT d.*, d.rowid AS rid, coalesce(p.privilege, 'read') AS privilege,
            CASE d.identity_kind WHEN 'ci' THEN 'build' WHEN 'agent' THEN 'agent'
                 ELSE 'runtime' END AS caller_class
     FROM detect_window d
     LEFT JOIN operation_scopes p ON p.operation = d.operation AND p.scope = d.scope
+), ordered AS (
+    -- A window function sorts all of its input: these few columns, not whole calls (~60 MB
+    -- per 100k events), so a pass fits in a bounded DuckDB.
+    SELECT rowid AS rid,
+           lag(ts) OVER (PARTITION BY token_id ORDER BY ts, event_id) AS token_prev_here,
+           row_number() OVER (PARTITION BY identity ORDER BY ts, event_id) AS identity_nth
+    FROM detect_window
 ), novel AS (
     SELECT f.first_event_id AS event_id, list(f.facet ORDER BY f.facet) AS novel
     FROM detect_facts f
@@ -326,8 +333,7 @@ WITH w AS (
     SELECT w.*,
         coalesce(n.novel, []) AS novel_all,
         ti.subject IS NULL AND w.event_id = ft.first_event_id AS token_first,
-        coalesce(lag(w.ts) OVER (PARTITION BY w.token_id ORDER BY w.ts, w.event_id),
-                 ti.last_seen) AS token_prev,
+        coalesce(o.token_prev_here, ti.last_seen) AS token_prev,
         CASE WHEN tm.token_id IS NOT NULL THEN tm.kind
              WHEN wm.meta_ts <= w.ts THEN wm.kind END AS t_kind,
         CASE WHEN tm.token_id IS NOT NULL THEN tm.scopes
@@ -340,11 +346,12 @@ WITH w AS (
              WHEN wm.meta_ts <= w.ts THEN wm.parent_token_id END AS t_parent,
         least(ii.first_seen, fi.first_seen) AS identity_first,
         coalesce(ii.n, 0)
-            + row_number() OVER (PARTITION BY w.identity ORDER BY w.ts, w.event_id) - 1
+            + o.identity_nth - 1
             AS identity_events,
         coalesce(ii.home, fi.home) AS seen_home,
         least(tg.first_seen, fg.first_seen) AS target_first
     FROM w
+    JOIN ordered o USING (rid)
     LEFT JOIN novel n USING (event_id)
     LEFT JOIN detect_subjects ti ON ti.kind = 'token' AND ti.subject = w.token_id
     LEFT JOIN firsts ft ON ft.kind = 'token' AND ft.subject = w.token_id
@@ -381,7 +388,7 @@ WITH w AS (
     LEFT JOIN tt_det_policies pt ON pt.name = c.identity AND pt.task_kind = c.task_kind
     LEFT JOIN tt_det_policies pa ON pa.name = c.actor AND pa.task_kind = ''
 )
-SELECT * FROM annotated
+SELECT * EXCLUDE (rid) FROM annotated
 WHERE len(novel) > 0
    OR allowed_target = false OR allowed_scope = false OR actor_allowed_target = false
    OR outcome = 'denied' OR late
