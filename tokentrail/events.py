@@ -158,22 +158,36 @@ _SENSITIVE_KEY: Final = re.compile(
     re.IGNORECASE,
 )
 # A cheap first look at an event's `attributes`, lower-cased, so that only the few that may hold
-# a secret are parsed and walked: a secret's prefix, a sensitive name, or a JSON escape (`\u0067`,
-# `\/`) that could spell either without showing it; then a run of 40 base64 characters (a bare
-# AWS secret). Substring tests on `str` cost ~50 ns each here, a regex of all the alternatives ~5 µs
-# (`re` tries every branch at every position), so the regex is kept for the one shape that needs it.
-_SUSPECT_PARTS: Final = (
-    *("eyj", "gh", "sk-", "k_live", "k_test", "xox", "glpat", "akia", "asia", "\\"),
-    *("auth", "passw", "secret", "key", "token", "cookie"),
+# a secret are parsed and walked: a secret's prefix or a JSON escape (`\u0067`, `\/`) that could
+# spell one without showing it; else a sensitive name (a substring, confirmed by `_SENSITIVE_KEY`:
+# `tokentrail.token_id` is an attribute name on every adapted span, not a credential's); else a
+# run of 40 base64 characters (a bare AWS secret). Substring tests on `str` cost ~50 ns each, a
+# regex of all the alternatives ~5 µs (`re` tries every branch at every position).
+_SECRET_PREFIXES: Final = (
+    *("eyj", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "sk-", "k_live_", "k_test_"),
+    *("xox", "glpat-", "akia", "asia", "\\"),
 )
+_SENSITIVE_PARTS: Final = ("auth", "passw", "secret", "key", "token", "cookie")
 _RUN_40: Final = re.compile(r"[A-Za-z0-9/+]{40}")
 
 
 def _may_hold_secret(text: str) -> bool:
+    """Whether `attributes` JSON is worth walking for secrets (no false negatives).
+
+    >>> _may_hold_secret('{"x": "github_pat_11ABCDEFG0x9Y8z7W6v5U4t3S2r1Q0"}')
+    True
+    >>> _may_hold_secret('{"tokentrail.token_id": "tok-1", "http.route": "/v1/items"}')
+    False
+    """
     lowered = text.lower()
-    for part in _SUSPECT_PARTS:
+    for part in _SECRET_PREFIXES:
         if part in lowered:
             return True
+    for part in _SENSITIVE_PARTS:
+        if part in lowered:
+            if _SENSITIVE_KEY.search(lowered) is not None:
+                return True
+            break
     return len(text) >= 42 and _RUN_40.search(text) is not None
 
 

@@ -57,6 +57,8 @@ def events() -> list[dict[str, object]]:
                 },
             )
         )
+        # Alone under an innocent name: nothing else in the attributes hints at a secret.
+        found.append(call(event_id=f"plain-{name}", attributes={"value": secret}))
     found.append(call(event_id="named", attributes={"http": NAMED, "nested": {"db": NAMED}}))
     # A conflicting second copy (same id, other content) is dead-lettered: redacted as well.
     found.append(
@@ -87,7 +89,7 @@ def test_no_secret_reaches_the_duckdb_file_or_its_wal(tmp_path: Path) -> None:
         everything = "\n".join(
             repr(conn.execute(f'SELECT * FROM "{t}"').fetchall()) for t in tables
         )
-    assert (stored, flagged) == (len(events()) - 1, len(SHAPED) + 1)
+    assert (stored, flagged) == (len(events()) - 1, 2 * len(SHAPED) + 1)
     assert CONTROL in everything  # the scan sees attribute values
     secrets = [*SHAPED.values(), *NAMED.values()]
     assert [s for s in secrets if s in everything] == []
