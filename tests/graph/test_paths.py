@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import duckdb
 import pytest
 from factories import T0_MS, call, ingest
 
 from tokentrail.graph.paths import find_paths, service_exposure
 from tokentrail.store import Store
+from tokentrail.store.graph import merge_service_hops
 
 T0 = datetime.fromtimestamp(T0_MS / 1000, UTC)
 
@@ -144,3 +148,93 @@ def test_exposure_lists_direct_chain_and_derived_reach(store: Store) -> None:
         ("broker", 2, ["direct", "derived"]),
         ("gw", 1, ["chain"]),
     ]
+
+
+# --- the stored service graph (`service_hops`) -----------------------------------------------
+
+
+def estate(seed: int, n: int = 120) -> list[dict[str, Any]]:
+    """Calls among a few services with shared, reused and derived tokens, some denied."""
+    rng = random.Random(seed)
+    services = [f"s{i}" for i in range(6)]
+    events = []
+    for i in range(n):
+        token = f"t{rng.randrange(8)}"
+        parent = f"t{rng.randrange(8)}" if rng.random() < 0.15 else None
+        issued = f"t{rng.randrange(8)}" if rng.random() < 0.05 else None
+        events.append(
+            call(
+                event_id=f"{seed}-{i}",
+                ts=at(rng.randrange(600)),
+                token_id=token,
+                source=rng.choice(services),
+                target=rng.choice(services),
+                outcome=rng.choice(["success", "success", "denied"]),
+                token={"parent_token_id": parent} if parent and parent != token else None,
+                attributes={"issued_token": issued} if issued else None,
+            )
+        )
+    return events
+
+
+def hops(store: Store) -> list[tuple[Any, ...]]:
+    return store.conn.execute("SELECT * FROM service_hops ORDER BY ALL").fetchall()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_service_hops_kept_per_batch_equal_a_recompute(tmp_path: Path, seed: int) -> None:
+    events = estate(seed)
+    random.Random(seed).shuffle(events)  # links and edges land in any order
+    with Store.open(tmp_path / "pieces.duckdb") as store:
+        ingest(store, events, batch_size=random.Random(seed).randrange(1, 15))
+        kept = hops(store)
+        store.conn.execute("DELETE FROM service_hops")
+        merge_service_hops(store.conn, new_events=None)
+        assert kept == hops(store)
+        assert kept  # the estate has steps to compare
+
+
+def test_a_late_lineage_link_adds_the_step_it_opens(store: Store) -> None:
+    ingest(store, [call(token_id="tok-child", source="worker", target="payments-db", ts=at(2))])
+    ingest(store, [call(token_id="tok-agent", source="agent", target="sts", ts=at(1))])
+    assert ("agent", "payments-db") not in hops(store)
+    ingest(
+        store,
+        [call(token_id="tok-child", source="worker", target="queue", ts=at(3),
+              token={"parent_token_id": "tok-agent"})],
+    )  # fmt: skip
+    assert ("agent", "payments-db") in hops(store)
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_paths_over_the_service_graph_equal_a_search_level_by_level(
+    store: Store, seed: int
+) -> None:
+    ingest(store, estate(seed, 200))
+    services = [f"s{i}" for i in range(6)]
+    # A range that holds every event takes the level-by-level search on the edges themselves.
+    everything = datetime(2000, 1, 1, tzinfo=UTC)
+    found = 0
+    for a in services:
+        for b in services:
+            paths = find_paths(store.conn, source=a, target=b).paths
+            assert paths == find_paths(store.conn, source=a, target=b, since=everything).paths
+            found += len(paths)
+    assert found
+
+
+def test_a_database_from_before_service_hops_is_migrated_and_backfilled(tmp_path: Path) -> None:
+    path = tmp_path / "graph.duckdb"
+    with Store.open(path) as store:
+        ingest(store, estate(7))
+        expected = hops(store)
+    conn = duckdb.connect(str(path))  # make it a file of schema 6
+    conn.execute("DROP TABLE service_hops")
+    conn.execute("DELETE FROM schema_migrations WHERE version = 7")
+    conn.close()
+    everything = datetime(2000, 1, 1, tzinfo=UTC)
+    with Store.open(path) as store:
+        assert store.version >= 7
+        assert hops(store) == expected
+        paths = find_paths(store.conn, source="s0", target="s1").paths
+        assert paths == find_paths(store.conn, source="s0", target="s1", since=everything).paths

@@ -72,3 +72,16 @@ def test_tokens_ranks_with_the_catalog_the_database_was_ingested_with(tmp_path: 
     ranked = json.loads(result.stdout)
     assert [t["token_id"] for t in ranked] == ["tok-wide", "tok-narrow"]
     assert ranked[0]["blast_radius"]["score"] == stored_scores(db)["tok-wide"]
+
+
+def test_ingest_without_detection_keeps_scores_for_the_catalog_given(tmp_path: Path) -> None:
+    db = tmp_path / "audit.duckdb"
+    (tmp_path / "catalog.toml").write_text(CATALOG)
+    result = CliRunner().invoke(
+        app,
+        ["ingest", str(write_events(tmp_path / "e.jsonl", events("one", 2))), "--db", str(db),
+         "--catalog", str(tmp_path / "catalog.toml"), "--no-detect"],
+    )  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    assert set(stored_scores(db)) == {"tok-wide", "tok-narrow"}

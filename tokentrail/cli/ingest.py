@@ -23,6 +23,7 @@ from rich.progress import (
 )
 
 from tokentrail.batch import Batch
+from tokentrail.catalog import load_catalog
 from tokentrail.cli.app import DbOption, app, err, open_store, settings
 from tokentrail.cli.detect import CatalogOption, RulesOption
 from tokentrail.detect.engine import PassResult
@@ -94,9 +95,11 @@ def ingest(
     cfg = settings()
     with open_store(db) as store:
         engine = None if no_detect else detection_for(store, catalog_path=catalog, rules_path=rules)
-        # Detection knows the catalog: keep blast radius scores under it current as we go.
-        keeper = ScoreKeeper(store, engine.catalog) if engine else None
-        hooks: list[BatchHook] = [engine.on_batch, keeper.on_batch] if engine and keeper else []
+        # Keep blast radius scores under the catalog current as we go: detection's (given or
+        # remembered), else the one given with --no-detect.
+        scoring = engine.catalog if engine else load_catalog(catalog) if catalog else None
+        keeper = ScoreKeeper(store, scoring) if scoring is not None else None
+        hooks: list[BatchHook] = [h.on_batch for h in (engine, keeper) if h is not None]
         with Pipeline(store, cfg, hooks=hooks) as pipeline:
             if kafka and topic:
                 _ingest_kafka(pipeline, kafka, topic, group, idle_exit, fmt)
@@ -105,8 +108,9 @@ def ingest(
                 for name in files or []:
                     _ingest_file(pipeline, name, cfg.file_batch_size, fmt)
                 origin = ", ".join(files or [])
-        if engine is not None and keeper is not None:
+        if engine is not None:
             engine.finish()
+        if keeper is not None:
             keeper.refresh()
     _summary(pipeline.totals, origin)
     if engine is not None:

@@ -3,16 +3,19 @@
 A step leaves a service through a token it held (a token it made calls with) and arrives where
 that token was used, from that service (`call`) or from anywhere else (`reused`: the credential
 travelled), or where a token derived from it was used (`derived`: exchange, AssumeRole).
-The search runs breadth-first on the aggregated `token_edges`, one query per level, then proves
-every step of the candidate paths with real events (one statement, each step read within its own
-time span), each at or after the one before it when the events allow (`time_ordered`).
+The search runs breadth-first over the stored service graph (`service_hops`, a few thousand
+rows kept per batch), reads the ways of taking the steps of the candidate paths from the
+aggregated `token_edges` (one query), then proves each of those steps with real events (one
+statement, each step read within its own time span), each at or after the one before it when the
+events allow (`time_ordered`). With a time range it searches level by level on the edges active
+in the range instead (one query per level), since the range decides which steps exist.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from itertools import pairwise
 from typing import Final, Literal
@@ -28,6 +31,7 @@ from tokentrail.store.graph import (
     StepRow,
     exposure_rows,
     path_steps,
+    service_hops,
     step_events,
 )
 
@@ -113,30 +117,36 @@ def find_paths(
     """Paths from service `source` to service `target`, fewest steps first, each step proven."""
     since_us = _us(since)
     until_us = _us(until)
+    # Without a time range the search walks the stored service graph in memory and reads the
+    # details of the candidate steps only, in one query: each level's query would join a hub's
+    # held tokens with all of `token_edges`. A range changes which steps exist, so it searches
+    # level by level on the edges active in it.
+    hops = service_hops(conn) if since is None and until is None else None
     ways: dict[tuple[str, str], list[StepRow]] = {}
-    dist = {source: 0}
-    frontier = [source]
-    horizon = max_hops
-    level = 0
-    while frontier and level < horizon:
-        level += 1
-        # Once the target is found, one more level shows the next-shortest alternatives; it
-        # only needs the steps into the target.
-        into = target if target in dist else None
-        found: set[str] = set()
-        for row in path_steps(
-            conn, services=frontier, target=into, since_us=since_us, until_us=until_us
-        ):
+
+    def level(frontier: list[str], into: str | None) -> list[tuple[str, str]]:
+        rows = path_steps(
+            conn,
+            services=frontier,
+            targets=None if into is None else [into],
+            since_us=since_us,
+            until_us=until_us,
+        )
+        for row in rows:
             ways.setdefault((row.from_service, row.target), []).append(row)
-            if row.target not in dist:
-                dist[row.target] = level
-                found.add(row.target)
-        if into is None and target in dist:
-            horizon = min(horizon, dist[target] + 1)
-        frontier = sorted(found) if into is None else []
+        return [(row.from_service, row.target) for row in rows]
+
+    explored, horizon = _explore(level if hops is None else _walker(hops), source, target, max_hops)
+    candidates = list(_simple_paths(explored, source, target, horizon, limit * 3))
+    needed = {step for path in candidates for step in path}
+    if hops is not None and needed:
+        for row in path_steps(
+            conn, services=sorted({u for u, _ in needed}), targets=sorted({v for _, v in needed})
+        ):
+            if (row.from_service, row.target) in needed:
+                ways.setdefault((row.from_service, row.target), []).append(row)
     for options in ways.values():
         options.sort(key=_preference)
-    candidates = list(_simple_paths(ways, source, target, horizon, limit * 3))
     spans = {
         _key(w): (w.first_seen_us, w.last_seen_us)
         for path in candidates
@@ -159,6 +169,43 @@ def find_paths(
     )
 
 
+# The steps out of a frontier of services (only those into the target, when given).
+_Out = Callable[[list[str], str | None], list[tuple[str, str]]]
+
+
+def _walker(hops: dict[str, list[str]]) -> _Out:
+    def out(frontier: list[str], into: str | None) -> list[tuple[str, str]]:
+        return [(u, v) for u in frontier for v in hops.get(u, []) if into is None or v == into]
+
+    return out
+
+
+def _explore(
+    out: _Out, source: str, target: str, max_hops: int
+) -> tuple[set[tuple[str, str]], int]:
+    """Breadth-first from `source`: the steps looked at, and the longest path worth listing."""
+    explored: set[tuple[str, str]] = set()
+    dist = {source: 0}
+    frontier = [source]
+    horizon = max_hops
+    level = 0
+    while frontier and level < horizon:
+        level += 1
+        # Once the target is found, one more level shows the next-shortest alternatives; it
+        # only needs the steps into the target.
+        into = target if target in dist else None
+        found: set[str] = set()
+        for step in out(frontier, into):
+            explored.add(step)
+            if step[1] not in dist:
+                dist[step[1]] = level
+                found.add(step[1])
+        if into is None and target in dist:
+            horizon = min(horizon, dist[target] + 1)
+        frontier = sorted(found) if into is None else []
+    return explored, horizon
+
+
 def _us(moment: datetime | None) -> int | None:
     return None if moment is None else (moment - EPOCH) // ONE_US
 
@@ -168,12 +215,12 @@ def _ts(proof: ProofRow) -> int:
 
 
 def _simple_paths(
-    ways: dict[tuple[str, str], list[StepRow]], source: str, target: str, max_len: int, cap: int
+    steps: set[tuple[str, str]], source: str, target: str, max_len: int, cap: int
 ) -> Iterator[list[tuple[str, str]]]:
     """Simple paths over the explored steps, by increasing length, at most `cap` of them."""
     succ: dict[str, list[str]] = {}
     pred: dict[str, list[str]] = {}
-    for u, v in sorted(ways):
+    for u, v in sorted(steps):
         succ.setdefault(u, []).append(v)
         pred.setdefault(v, []).append(u)
     to_target = {target: 0}

@@ -12,6 +12,9 @@ order-independent way like `tokens` and `token_edges`:
 - `operation_scopes`: every (operation, scope) pair with its privilege class, classified once
   when first stored (a change to `privilege_of` comes with a migration that reclassifies).
 
+Migration 7 adds `service_hops`, the service graph path searches walk (service -> service in one
+step), merged per batch by `merge_graph` too.
+
 Reads return small typed rows; `tokentrail.graph` turns them into chains, graphs and scores.
 Timestamps come back as UTC microseconds (`*_us`) so no time zone setting can shift them.
 """
@@ -101,6 +104,19 @@ CREATE INDEX token_edges_token ON token_edges (token_id);
 CREATE INDEX token_edges_identity ON token_edges (identity);
 CREATE INDEX chain_reach_token ON chain_reach (token_id);
 CREATE INDEX token_links_parent ON token_links (parent_token_id);
+"""
+
+# Migration 7: the service graph that path searches walk, kept per batch by `merge_graph`.
+HOP_TABLES: Final = """
+-- `source` held a token (made a call with it) and that token, or one derived from it at most
+-- 32 links below, reached `target` (a successful call from anywhere): access can flow from
+-- `source` to `target` in one step. A few thousand rows however many events: a path search
+-- walks it in memory, then reads the details of the steps on its candidate paths only.
+CREATE TABLE service_hops (
+    source VARCHAR NOT NULL,
+    target VARCHAR NOT NULL,
+    PRIMARY KEY (source, target)
+);
 """
 
 
@@ -252,11 +268,55 @@ ON CONFLICT DO UPDATE SET batch = EXCLUDED.batch
 """
 
 
-def merge_graph(conn: duckdb.DuckDBPyConnection, *, new_events: str) -> None:
+# A step needs a held token (any call), lineage down to a call token, and a successful call with
+# it; a batch can add any of the three. Every new step has its held token among the ancestors (or
+# self) of a token the batch used or named as a parent, so only those are walked down again.
+# Steps only appear (token_edges and token_links are never pruned), hence DO NOTHING.
+_MERGE_HOPS: Final = f"""
+INSERT INTO service_hops
+WITH RECURSIVE {{seeds}}, closure(token_id, descendant, depth) AS (
+    SELECT token_id, token_id, 0 FROM seeds
+    UNION
+    SELECT c.token_id, l.child_token_id, c.depth + 1
+    FROM closure c JOIN token_links l ON l.parent_token_id = c.descendant
+    WHERE c.depth < {MAX_LINEAGE_DEPTH}
+)
+SELECT DISTINCT h.source, e.target
+FROM closure c
+JOIN (SELECT DISTINCT source, token_id FROM token_edges) h ON h.token_id = c.token_id
+JOIN token_edges e ON e.token_id = c.descendant
+WHERE e.calls > e.denied + e.errors AND e.target <> h.source
+ON CONFLICT DO NOTHING
+"""
+
+# The held tokens to walk down from: ancestors (and self) of what the batch touched.
+_BATCH_SEEDS: Final = f"""touched AS (
+    SELECT token_id FROM {{new_events}}
+    UNION SELECT parent_token_id FROM {{new_events}} WHERE parent_token_id IS NOT NULL
+), up(token_id, depth) AS (
+    SELECT token_id, 0 FROM touched
+    UNION
+    SELECT l.parent_token_id, u.depth + 1
+    FROM up u JOIN token_links l ON l.child_token_id = u.token_id
+    WHERE u.depth < {MAX_LINEAGE_DEPTH}
+), seeds AS (SELECT DISTINCT token_id FROM up)"""
+
+_ALL_SEEDS: Final = "seeds AS (SELECT DISTINCT token_id FROM token_edges)"
+
+
+def merge_service_hops(conn: duckdb.DuckDBPyConnection, *, new_events: str | None) -> None:
+    """Add the service steps that the rows of `new_events` made possible; every step the stored
+    edges allow when None (migration 7's backfill, and the reference its tests compare with)."""
+    seeds = _ALL_SEEDS if new_events is None else _BATCH_SEEDS.format(new_events=new_events)
+    conn.execute(_MERGE_HOPS.format(seeds=seeds))
+
+
+def merge_graph(conn: duckdb.DuckDBPyConnection, *, new_events: str, hops: bool = True) -> None:
     """Fold the rows of relation `new_events` (already in `events`) into the graph tables.
 
     Called by `Store.write_batch` in the batch's transaction, after the events are inserted,
-    and by migration 3 over all stored events.
+    and by migration 3 over all stored events (before `service_hops` exists: migration 7 fills
+    it, hence `hops=False` there).
     """
     conn.execute(
         f"INSERT INTO meta VALUES ('{BATCH_KEY}', '1')"
@@ -275,6 +335,8 @@ def merge_graph(conn: duckdb.DuckDBPyConnection, *, new_events: str) -> None:
     conn.execute(_MERGE_LINKS.format(new_events=new_events))
     _classify_operations(conn, new_events=new_events)
     conn.execute(_MARK_CHANGES.format(new_events=new_events))
+    if hops:
+        merge_service_hops(conn, new_events=new_events)
     conn.execute("DROP TABLE graph_hops")
     conn.execute("DROP TABLE graph_touched")
 
@@ -1057,12 +1119,12 @@ def path_steps(
     conn: duckdb.DuckDBPyConnection,
     *,
     services: Sequence[str],
-    target: str | None = None,
+    targets: Sequence[str] | None = None,
     since_us: int | None = None,
     until_us: int | None = None,
     ways: int = 3,
 ) -> list[StepRow]:
-    """Steps out of the given services (only those into `target`, when given), from edges active
+    """Steps out of the given services (only those into `targets`, when given), from edges active
     in the time range: the best `ways` ways for each pair of services, and how many there are."""
     rows = conn.execute(
         f"""
@@ -1087,7 +1149,7 @@ def path_steps(
                    epoch_us(e.first_seen) AS first_us, epoch_us(e.last_seen) AS last_us
             FROM nearest n JOIN token_edges e ON e.token_id = n.descendant
             WHERE e.calls > e.denied + e.errors AND e.target <> n.source
-              AND ($target IS NULL OR e.target = $target)
+              AND ($targets IS NULL OR list_contains($targets, e.target))
               AND ($since IS NULL OR epoch_us(e.last_seen) >= $since)
               AND ($until IS NULL OR epoch_us(e.first_seen) <= $until)
         ), best AS (
@@ -1106,13 +1168,26 @@ def path_steps(
         """,
         {
             "services": list(services),
-            "target": target,
+            "targets": None if targets is None else list(targets),
             "since": since_us,
             "until": until_us,
             "ways": ways,
         },
     ).fetchall()
     return [StepRow(*row) for row in rows]
+
+
+def service_hops(conn: duckdb.DuckDBPyConnection) -> dict[str, list[str]] | None:
+    """Each service -> the services access can flow to from it in one step, whenever (None when
+    the database predates `service_hops`, e.g. an older file opened read-only)."""
+    try:
+        rows = conn.execute("SELECT source, target FROM service_hops ORDER BY 1, 2").fetchall()
+    except duckdb.CatalogException:
+        return None
+    hops: dict[str, list[str]] = {}
+    for source, target in rows:
+        hops.setdefault(source, []).append(target)
+    return hops
 
 
 class ProofRow(NamedTuple):

@@ -15,7 +15,7 @@ from tokentrail.store.alerts import DETECT_TABLES
 from tokentrail.store.api import API_TABLES
 from tokentrail.store.delivery import DELIVERY_TABLES
 from tokentrail.store.derived import merge_derived
-from tokentrail.store.graph import GRAPH_TABLES, merge_graph
+from tokentrail.store.graph import GRAPH_TABLES, HOP_TABLES, merge_graph, merge_service_hops
 
 
 class Migration(NamedTuple):
@@ -31,7 +31,11 @@ def _backfill_derived(conn: duckdb.DuckDBPyConnection) -> None:
 
 
 def _backfill_graph(conn: duckdb.DuckDBPyConnection) -> None:
-    merge_graph(conn, new_events="events")
+    merge_graph(conn, new_events="events", hops=False)
+
+
+def _backfill_service_hops(conn: duckdb.DuckDBPyConnection) -> None:
+    merge_service_hops(conn, new_events=None)
 
 
 _V1_EVENTS: Final = """
@@ -142,6 +146,7 @@ MIGRATIONS: Final = (
     Migration(4, "detection: alerts, baselines, progress", DETECT_TABLES),
     Migration(5, "api: keys, request log, alert triage", API_TABLES),
     Migration(6, "sinks: delivery state per sink and alert", DELIVERY_TABLES),
+    Migration(7, "graph: service_hops for path search", HOP_TABLES, _backfill_service_hops),
 )
 
 LATEST: Final = MIGRATIONS[-1].version
