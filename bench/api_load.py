@@ -9,9 +9,11 @@ file: chain by trace id, alerts list, alert by id, token blast radius, tokens to
     .venv/bin/python -u bench/api_load.py                       # 50 clients, 60 s, 10k events/s
     .venv/bin/python -u bench/api_load.py --duration 20 --clients 10 --rate 2000
 
-Prints per endpoint and phase: requests, p50, p99, errors; the ingest rate achieved during
-the loaded phase (from the server's /metrics) and what the producer managed; and the ratio of
-loaded to idle latency. The machine is shared, so read medians and ratios.
+Prints first each read alone (median latency and the server's CPU time per request, which
+compares builds even on a shared machine); then per endpoint and phase: requests, p50, p99,
+errors and what they were; the ingest rate achieved during the loaded phase (from the server's
+/metrics) and what the producer managed; and the ratio of loaded to idle latency. The machine is
+shared, so read medians and ratios.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +59,8 @@ class Ids:
 class Timings:
     by_endpoint: dict[str, list[float]] = field(default_factory=lambda: {e: [] for e in ENDPOINTS})
     errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ENDPOINTS, 0))
+    # What the errors were: (endpoint, status code or exception name) -> how many.
+    failures: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -131,16 +136,49 @@ async def drive(url: str, key: str, ids: Ids, *, clients: int, duration_s: float
                 started = time.perf_counter()
                 try:
                     response = await client.get(request_for(endpoint, ids, rng))
-                    ok = response.status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                if ok:
+                    outcome = str(response.status_code)
+                except httpx.HTTPError as exc:
+                    outcome = type(exc).__name__
+                if outcome == "200":
                     timings.by_endpoint[endpoint].append(time.perf_counter() - started)
                 else:
                     timings.errors[endpoint] += 1
+                    timings.failures[(endpoint, outcome)] += 1
 
         await asyncio.gather(*(one_client(i) for i in range(clients)))
     return timings
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux /proc; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def one_at_a_time(url: str, key: str, ids: Ids, pid: int, n: int) -> None:
+    """Each read alone, `n` times: median latency and the server's CPU per request. CPU time
+    hardly depends on what else the machine runs, so it compares builds on a shared machine."""
+    rng = random.Random(2)
+    print(f"one request at a time ({n} each): median ms, server CPU ms per request")
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as client:
+        for endpoint in ENDPOINTS:
+            for _ in range(3):  # warm caches (key, pages) first
+                client.get(request_for(endpoint, ids, rng))
+            took, before = [], cpu_seconds(pid)
+            for _ in range(n):
+                started = time.perf_counter()
+                client.get(request_for(endpoint, ids, rng)).raise_for_status()
+                took.append(time.perf_counter() - started)
+            after = cpu_seconds(pid)
+            cpu = (
+                f"{(after - before) * 1000 / n:8.1f}"
+                if before is not None and after
+                else "     n/a"
+            )
+            print(f"{endpoint:<14}{percentile(took, 50) * 1000:10.1f}{cpu}")
 
 
 def stored_events(url: str, key: str) -> int:
@@ -214,6 +252,8 @@ def report(phases: dict[str, Timings], duration_s: float) -> None:
     for name in names:
         total = sum(len(v) for v in phases[name].by_endpoint.values())
         print(f"{name}: {total / duration_s:,.0f} requests/s over all endpoints")
+        for (endpoint, outcome), n in sorted(phases[name].failures.items()):
+            print(f"  {name} error: {endpoint} answered {outcome} x{n}")
 
 
 def main() -> None:
@@ -225,6 +265,9 @@ def main() -> None:
     parser.add_argument("--base-scale", type=float, default=2.0)
     parser.add_argument("--no-detect", action="store_true", help="serve --no-detect")
     parser.add_argument("--skip-idle", action="store_true", help="only the loaded phase")
+    parser.add_argument(
+        "--sequential", type=int, default=30, help="requests per endpoint one at a time (0: skip)"
+    )
     args = parser.parse_args()
     # Enough simulated traffic for the whole loaded phase at the asked rate (~130k events a
     # day at scale 4), so the producer never runs dry.
@@ -249,6 +292,8 @@ def main() -> None:
         env_note = f"{os.cpu_count()} cpus"
         with started(serve, folder / "serve.log") as server:
             wait_ready(url, server)
+            if args.sequential:
+                one_at_a_time(url, key, ids, server.pid, args.sequential)
             phases: dict[str, Timings] = {}
             if not args.skip_idle:
                 print(f"idle: {args.clients} clients for {args.duration:g} s", flush=True)
@@ -279,8 +324,15 @@ def main() -> None:
                 f" stored, {(produced1 - produced0) / elapsed:,.0f} events/s produced"
                 f" (asked {args.rate:,.0f}); {env_note}, shared machine"
             )
+            logged = (folder / "serve.log").read_text()
             if server.poll() is not None:
-                print((folder / "serve.log").read_text()[-3000:])
+                print(logged[-3000:])
+            elif any(p.failures for p in phases.values()):
+                print(
+                    "serve log, errors:",
+                    *[ln for ln in logged.splitlines() if "ERROR" in ln][-10:],
+                    sep="\n",
+                )
 
 
 if __name__ == "__main__":

@@ -8,8 +8,11 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 import jsonschema
+import msgspec
 import pytest
 from fastapi.testclient import TestClient
+
+from tokentrail.investigate import containment
 
 Auth = dict[str, dict[str, str]]
 
@@ -56,6 +59,17 @@ def test_alert_detail_has_evidence(client: TestClient, auth: Auth) -> None:
     assert alert["evidence"] and alert["event_ids"]
     assert {e["event_id"] for e in alert["events"]} == set(alert["event_ids"])
     assert client.get("/v1/alerts/nope", headers=auth["viewer"]).status_code == 404
+
+
+def test_alert_containment_matches_the_cli(client: TestClient, auth: Auth, api_store: Any) -> None:
+    first = get(client, auth, "/v1/alerts", limit=1, min_severity="high")["data"][0]
+    answer = get(client, auth, f"/v1/alerts/{first['alert_id']}/containment")
+    with api_store.conn.cursor() as cur:
+        expected = containment(cur, alert_id=first["alert_id"])
+    assert answer == msgspec.json.decode(msgspec.json.encode(expected))
+    assert first["token_id"] in {t["token_id"] for t in answer["tokens"]}
+    missing = client.get("/v1/alerts/nope/containment", headers=auth["viewer"])
+    assert missing.status_code == 404 and missing.json() == {"detail": "no alert 'nope'"}
 
 
 def test_alert_triage_keeps_history(client: TestClient, auth: Auth) -> None:

@@ -50,6 +50,9 @@ def test_consumer_and_api_share_one_store(
                 page = client.get("/v1/events", params={"limit": 1000}, headers=headers)
                 count = page.json()["count"]
             assert count == len(events)
+            # Ranked from the scores the consumer keeps (ScoreKeeper), not rescored per request.
+            ranked = client.get("/v1/tokens", headers=headers).json()["data"]
+            assert sorted(t["token_id"] for t in ranked) == ["tok-0", "tok-1", "tok-2"]
             assert client.get("/readyz").json()["consumer"] == "running"
             caught_up = 'tokentrail_consumer_lag{partition="0"} 0'
             metrics = client.get("/metrics", headers=headers).text

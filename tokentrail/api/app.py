@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import duckdb
+from anyio import to_thread
 from fastapi import FastAPI, Request, Response, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import tokentrail
 from tokentrail.api.auth import scrub
@@ -25,6 +27,7 @@ from tokentrail.api.models import TokensPage
 from tokentrail.api.routes import (
     alerts,
     chains,
+    containment,
     events,
     health,
     identities,
@@ -97,6 +100,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        to_thread.current_default_thread_limiter().total_tokens = settings.threads
+        state.audit.start()
         if consumer is not None:
             consumer.start()
         delivery = DeliveryThread(store.conn, deliverer).start() if deliverer is not None else None
@@ -107,6 +112,8 @@ def create_app(
                 await run_in_threadpool(consumer.stop)
             if delivery is not None:
                 await run_in_threadpool(delivery.stop)
+            # Requests have all ended: store the rows still queued before the cursors close.
+            await run_in_threadpool(state.audit.stop)
             state.close()
 
     app = FastAPI(
@@ -117,14 +124,14 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.tokentrail = state
-    for module in (health, alerts, chains, tokens, events, paths, services, identities):
+    for module in (health, alerts, containment, chains, tokens, events, paths, services):
         app.include_router(module.router)
-    for module in (query, metrics, keys, ui):
+    for module in (identities, query, metrics, keys, ui):
         app.include_router(module.router)
     _errors(app)
     # Added before the audit middleware so that it wraps this one and records the 413s.
     app.add_middleware(BodyLimit, max_bytes=settings.body_max_bytes)
-    _audit(app, state)
+    app.add_middleware(Audit, state=state)
     _openapi(app)
     return app
 
@@ -161,44 +168,64 @@ def _errors(app: FastAPI) -> None:
     app.add_exception_handler(duckdb.Error, store_failed)
 
 
-def _audit(app: FastAPI, state: ApiState) -> None:
-    """Record every request (who, what, when, outcome) and its latency; turn anything that
-    escaped the handlers into a bare 500."""
+class Audit:
+    """ASGI middleware: record every request (who, what, when, outcome) and its latency; turn
+    anything that escaped the handlers into a bare 500.
 
-    @app.middleware("http")
-    async def audit(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
+    Plain ASGI rather than `@app.middleware("http")`: that one runs each request in an extra
+    task with its body streamed through queues, a measurable share of the event loop's time
+    under load; and the row is only queued here (tokentrail.api.audit), no thread hop."""
+
+    def __init__(self, app: ASGIApp, state: ApiState) -> None:
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         at = datetime.now(UTC)
         started = time.perf_counter()
+        status_code = status.HTTP_500_INTERNAL_SERVER_ERROR
+        responded = False
+
+        async def sending(message: Message) -> None:
+            nonlocal status_code, responded
+            if message["type"] == "http.response.start":
+                status_code, responded = message["status"], True
+            await send(message)
+
+        request = Request(scope)
         try:
-            response = await call_next(request)
+            await self.app(scope, receive, sending)
         except Exception:
             log.exception("internal error on %s %s", request.method, scrub(request.url.path))
-            response = JSONResponse(
-                {"detail": "internal error"}, status_code=status.HTTP_500_INTERNAL_SERVER_ERROR
-            )
+            if not responded:
+                await JSONResponse(
+                    {"detail": "internal error"},
+                    status_code=status.HTTP_500_INTERNAL_SERVER_ERROR,
+                )(scope, receive, send)
+            status_code = status.HTTP_500_INTERNAL_SERVER_ERROR
         seconds = time.perf_counter() - started
-        route = request.scope.get("route")
+        route = scope.get("route")
         template = getattr(route, "path", None) or "unmatched"
-        state.metrics.observe(
-            method=request.method, route=template, status=response.status_code, seconds=seconds
+        self.state.metrics.observe(
+            method=request.method, route=template, status=status_code, seconds=seconds
         )
         principal = getattr(request.state, "principal", None)
-        row = RequestRow(
-            at=at,
-            key_id=principal.key_id if principal else None,
-            role=principal.role.value if principal else None,
-            method=request.method,
-            path=scrub(request.url.path),
-            query=scrub(request.url.query) if request.url.query else None,
-            status=response.status_code,
-            duration_ms=round(seconds * 1000, 3),
-            client=request.client.host if request.client else None,
-            detail=getattr(request.state, "audit_detail", None),
+        self.state.record(
+            RequestRow(
+                at=at,
+                key_id=principal.key_id if principal else None,
+                role=principal.role.value if principal else None,
+                method=request.method,
+                path=scrub(request.url.path),
+                query=scrub(request.url.query) if request.url.query else None,
+                status=status_code,
+                duration_ms=round(seconds * 1000, 3),
+                client=request.client.host if request.client else None,
+                detail=getattr(request.state, "audit_detail", None),
+            )
         )
-        await run_in_threadpool(state.record, row)
-        return response
 
 
 def _openapi(app: FastAPI) -> None:

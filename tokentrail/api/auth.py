@@ -13,6 +13,9 @@ import hashlib
 import hmac
 import re
 import secrets
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
@@ -89,6 +92,71 @@ def authenticate(conn: duckdb.DuckDBPyConnection, key: str) -> Principal | None:
     if not hmac.compare_digest(row.key_hash, hash_key(key)):
         return None
     return Principal(row.key_id, row.name, Role(row.role))
+
+
+class KeyCache:
+    """Valid keys seen in the last `ttl_s` seconds, by the key's hash, so that a request need not
+    read `api_keys` (a DuckDB query per request, the second largest cost of a cheap read).
+
+    Only valid keys are kept: a wrong or revoked key is looked up every time. A key revoked
+    through the API is forgotten at once (`forget`). Nothing else can revoke one while `serve`
+    runs: DuckDB lets one process open the file for writing, so `tokentrail keys revoke` cannot
+    run beside it; a revocation written around the cache (SQL on the same connection) shows
+    after at most `ttl_s`.
+
+    >>> cache = KeyCache(ttl_s=5.0)
+    >>> cache.forget("0123456789ab")
+    """
+
+    def __init__(
+        self,
+        *,
+        ttl_s: float = 5.0,
+        max_keys: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl_s, self.max_keys, self.clock = ttl_s, max_keys, clock
+        self._found: dict[str, tuple[Principal, float]] = {}
+        self._generation = 0  # revocations so far
+        self._lock = threading.Lock()
+
+    def cached(self, key: str) -> Principal | None:
+        """The principal of `key` if the cache holds it, fresh; None means "ask the store"."""
+        with self._lock:
+            hit = self._found.get(hash_key(key))
+        return hit[0] if hit is not None and hit[1] > self.clock() else None
+
+    def authenticate(
+        self, conn: Callable[[], duckdb.DuckDBPyConnection], key: str
+    ) -> Principal | None:
+        """As `authenticate`, answered from the cache while the key's entry is fresh; `conn`
+        opens a cursor, called only on a miss."""
+        digest = hash_key(key)
+        now = self.clock()
+        with self._lock:
+            hit = self._found.get(digest)
+            generation = self._generation
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        with conn() as cur:
+            principal = authenticate(cur, key)
+        with self._lock:
+            if principal is None:
+                self._found.pop(digest, None)
+            elif generation != self._generation:
+                pass  # a key was revoked while this one was read: the read may predate it
+            else:
+                if len(self._found) >= self.max_keys:
+                    self._found.clear()  # many distinct keys at once: start over, stay bounded
+                self._found[digest] = (principal, now + self.ttl_s)
+        return principal
+
+    def forget(self, key_id: str) -> None:
+        """Drop the key `key_id` (revoked): its next request is checked against the store."""
+        with self._lock:
+            self._generation += 1
+            for digest in [d for d, (p, _) in self._found.items() if p.key_id == key_id]:
+                del self._found[digest]
 
 
 _KEY_SHAPE: Final = re.compile(r"(tt_[0-9a-f]{12}_)[A-Za-z0-9_-]+")

@@ -8,10 +8,12 @@ import threading
 import time
 from pathlib import Path
 
+from tokentrail.catalog import load_catalog
 from tokentrail.config import Settings
 from tokentrail.detect.engine import Detection
-from tokentrail.detect.setup import detection_for
+from tokentrail.detect.setup import detection_for, remembered_catalog
 from tokentrail.errors import TokentrailError
+from tokentrail.graph.scores import ScoreKeeper
 from tokentrail.histogram import Histogram
 from tokentrail.ingest.kafka import KafkaIngest
 from tokentrail.ingest.pipeline import BatchHook, Pipeline
@@ -22,7 +24,8 @@ log = logging.getLogger(__name__)
 
 class BackgroundConsumer:
     """Consumes `topic` in `group` into `store` until stopped; `stop` lets the batch in hand
-    finish (stored, offsets committed, detection run) before returning."""
+    finish (stored, offsets committed, detection run) before returning. Keeps the stored blast
+    radius scores current (at most `ScoreKeeper.every_s` behind) for the API's ranking."""
 
     def __init__(
         self,
@@ -43,7 +46,19 @@ class BackgroundConsumer:
             if detect
             else None
         )
-        hooks: list[BatchHook] = [self.engine.on_batch] if self.engine is not None else []
+        # The API ranks tokens by the stored blast radius scores while this consumer runs, rather
+        # than rescoring inside requests: keep them current as batches land, as `ingest` does.
+        self.scores = ScoreKeeper(
+            store,
+            self.engine.catalog
+            if self.engine is not None
+            else load_catalog(catalog_path)
+            if catalog_path is not None
+            else remembered_catalog(store),
+        )
+        hooks: list[BatchHook] = [self.scores.on_batch]
+        if self.engine is not None:
+            hooks.insert(0, self.engine.on_batch)
         self.pipeline = Pipeline(store, settings, hooks=hooks)
         self._bootstrap, self._topic, self._group, self._fmt = bootstrap, topic, group, fmt
         self._source: KafkaIngest | None = None
@@ -118,6 +133,7 @@ class BackgroundConsumer:
                 self.pipeline.close()
                 if self.engine is not None:
                     self.engine.finish()
+                self.scores.refresh()
             except TokentrailError as exc:
                 log.error("consumer could not finish: %s", exc)
 

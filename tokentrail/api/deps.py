@@ -1,20 +1,27 @@
-"""Typed dependencies: the shared state, a cursor per request, the caller and their role."""
+"""Typed dependencies: the shared state, a cursor per request, the caller and their role.
+
+They are `async` on purpose: FastAPI runs each plain `def` dependency in the thread pool, one
+hop per dependency (two for a generator), and under load each hop waits in line for a thread
+again, behind every other request. These only read memory (a cache miss on the key reads the
+store, in the pool), so a request takes one hop: its route.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
 import duckdb
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
-from tokentrail.api.auth import Principal, Role, authenticate
+from tokentrail.api.auth import Principal, Role
 from tokentrail.api.state import ApiState
 from tokentrail.catalog import Catalog
 
 
-def get_state(request: Request) -> ApiState:
+async def get_state(request: Request) -> ApiState:
     state: ApiState = request.app.state.tokentrail
     return state
 
@@ -22,8 +29,8 @@ def get_state(request: Request) -> ApiState:
 StateDep = Annotated[ApiState, Depends(get_state)]
 
 
-def get_conn(state: StateDep) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A cursor of the store for this request, closed when it ends."""
+async def get_conn(state: StateDep) -> AsyncIterator[duckdb.DuckDBPyConnection]:
+    """A cursor of the store for this request, closed when it ends (opening one is cheap)."""
     cursor = state.cursor()
     try:
         yield cursor
@@ -34,7 +41,7 @@ def get_conn(state: StateDep) -> Iterator[duckdb.DuckDBPyConnection]:
 ConnDep = Annotated[duckdb.DuckDBPyConnection, Depends(get_conn)]
 
 
-def get_catalog(state: StateDep) -> Catalog:
+async def get_catalog(state: StateDep) -> Catalog:
     return state.catalog
 
 
@@ -43,7 +50,7 @@ CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 _bearer = HTTPBearer(auto_error=False, description="An API key: `tokentrail keys create`.")
 
 
-def get_principal(
+async def get_principal(
     request: Request,
     state: StateDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -51,8 +58,10 @@ def get_principal(
     """The caller, from `Authorization: Bearer <key>`; 401 without a valid key."""
     principal = None
     if credentials is not None and credentials.scheme.lower() == "bearer":
-        with state.cursor() as cur:
-            principal = authenticate(cur, credentials.credentials)
+        key = credentials.credentials
+        principal = state.keys.cached(key)
+        if principal is None:
+            principal = await run_in_threadpool(state.keys.authenticate, state.cursor, key)
     if principal is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -64,10 +73,10 @@ def get_principal(
     return principal
 
 
-def require(role: Role) -> Callable[[Principal], Principal]:
+def require(role: Role) -> Callable[[Principal], Awaitable[Principal]]:
     """A dependency admitting callers whose role is `role` or above; 403 for the others."""
 
-    def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    async def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
         if not principal.role.allows(role):
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN, f"this needs the {role.value} role or above"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -20,6 +22,16 @@ class ApiSettings(BaseSettings):
     query_length_max: int = Field(default=20_000, ge=100)
     # Request bodies (SQL, triage notes, key names) are small; anything larger is refused (413).
     body_max_bytes: int = Field(default=1 << 20, ge=1024)
+    # Seconds a valid key is trusted without reading `api_keys` again (0: read every time); a key
+    # revoked through the API is refused at once whatever this is.
+    key_cache_s: float = Field(default=5.0, ge=0)
+    # The request log is stored in one INSERT at most this many seconds apart.
+    audit_flush_s: float = Field(default=1.0, gt=0)
+    # Requests whose route code runs at once (threads); the rest wait their turn in order. With
+    # more threads busy in Python the event loop waits for the GIL before it even reads new
+    # requests, so some wait far longer than others: at 50 clients on 2 cores, 4 threads gave
+    # p99 ~2x p50, 8 or 40 threads 4-6x (docs/PERFORMANCE.md, API under load).
+    threads: int = Field(default_factory=lambda: 2 * (os.cpu_count() or 1), ge=1)
 
 
 def api_settings(**overrides: object) -> ApiSettings:

@@ -11,6 +11,8 @@ from typing import Protocol
 import duckdb
 from pydantic import ValidationError
 
+from tokentrail.api.audit import AuditLog
+from tokentrail.api.auth import KeyCache
 from tokentrail.api.metrics import Metrics
 from tokentrail.api.settings import ApiSettings
 from tokentrail.catalog import Catalog
@@ -36,8 +38,17 @@ class ApiState:
     deliverer: Deliverer | None = None  # delivers alerts to SIEM sinks (docs/SINKS.md)
     # Ranking refreshes the stored blast scores; two refreshes at once would conflict.
     rank_lock: threading.Lock = field(default_factory=threading.Lock)
+    # The catalog's fingerprint in `blast_scores`, once a ranking has refreshed them.
+    scores_fingerprint: str | None = None
+    keys: KeyCache = field(init=False)
+    audit: AuditLog = field(init=False)
     _root: duckdb.DuckDBPyConnection | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.keys = KeyCache(ttl_s=self.settings.key_cache_s)
+        # Not started: rows are stored as they come until the app's lifespan starts the thread.
+        self.audit = AuditLog(self.cursor, every_s=self.settings.audit_flush_s)
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A fresh cursor (its own transaction context) of the store's database."""
@@ -53,12 +64,8 @@ class ApiState:
                 self._root = None
 
     def record(self, request: sql.RequestRow) -> None:
-        """Write one request to the log; a failure is logged, never turned into an error."""
-        try:
-            with self.cursor() as cur:
-                sql.log_request(cur, request=request)
-        except duckdb.Error as exc:
-            log.error("cannot record API request %s %s: %s", request.method, request.path, exc)
+        """Queue one request for the log (tokentrail.api.audit); never raises for the store."""
+        self.audit.record(request)
 
 
 class ConsumerStatus(Protocol):

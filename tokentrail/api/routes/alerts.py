@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, status
 
 from tokentrail.api.deps import AnalystDep, ConnDep, ViewerDep
+from tokentrail.api.encoding import ModelJSON
 from tokentrail.api.models import (
     AlertDetail,
     AlertPublic,
@@ -65,7 +66,7 @@ def list_alerts(
     identity: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
-) -> AlertsPublic:
+) -> ModelJSON:
     """Alerts, most severe then oldest first."""
     levels: list[str] | None = list(severity) if severity else None
     if min_severity is not None:
@@ -82,8 +83,8 @@ def list_alerts(
     ]
     page = rows[offset : offset + limit]
     owners = sql.assignees(conn, alert_ids=[r.alert_id for r in page])
-    return AlertsPublic(
-        data=[alert_public(r, owners.get(r.alert_id)) for r in page], count=len(rows)
+    return ModelJSON(
+        AlertsPublic(data=[alert_public(r, owners.get(r.alert_id)) for r in page], count=len(rows))
     )
 
 
@@ -102,13 +103,13 @@ def _detail(conn: ConnDep, alert_id: str) -> AlertDetail:
 
 
 @router.get("/{alert_id}", response_model=AlertDetail)
-def get_alert(alert_id: str, conn: ConnDep, _: ViewerDep) -> AlertDetail:
+def get_alert(alert_id: str, conn: ConnDep, _: ViewerDep) -> ModelJSON:
     """One alert with its evidence events and triage history."""
-    return _detail(conn, alert_id)
+    return ModelJSON(_detail(conn, alert_id))
 
 
 @router.patch("/{alert_id}", response_model=AlertDetail)
-def update_alert(alert_id: str, change: AlertUpdate, conn: ConnDep, who: AnalystDep) -> AlertDetail:
+def update_alert(alert_id: str, change: AlertUpdate, conn: ConnDep, who: AnalystDep) -> ModelJSON:
     """Triage: set status and/or assignee (null unassigns), with a note; every change is kept."""
     given = change.model_fields_set
     if not given & {"status", "assignee", "note"}:
@@ -124,4 +125,4 @@ def update_alert(alert_id: str, change: AlertUpdate, conn: ConnDep, who: Analyst
     )
     if not found:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no alert {alert_id!r}")
-    return _detail(conn, alert_id)
+    return ModelJSON(_detail(conn, alert_id))

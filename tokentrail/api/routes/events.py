@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, status
 
 from tokentrail.api.deps import ConnDep, StateDep, ViewerDep
+from tokentrail.api.encoding import ModelJSON
 from tokentrail.api.models import EventPublic, EventsPublic
 from tokentrail.events import EPOCH, ONE_US
 from tokentrail.store import api as sql
@@ -57,7 +58,7 @@ def list_events(
     until: Annotated[datetime | None, Query(description="Exclusive.")] = None,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the page before.")] = None,
     limit: Annotated[int | None, Query(ge=1, description="Capped by the server.")] = None,
-) -> EventsPublic:
+) -> ModelJSON:
     """Stored events, newest first; follow `next_cursor` for older ones."""
     settings = state.settings
     size = min(limit or settings.events_page, settings.events_page_max)
@@ -83,6 +84,10 @@ def list_events(
     )
     page = rows[:size]
     following = encode_cursor(page[-1]["ts"], page[-1]["event_id"]) if len(rows) > size else None
-    return EventsPublic(
-        data=[EventPublic.model_validate(r) for r in page], count=len(page), next_cursor=following
+    return ModelJSON(
+        EventsPublic(
+            data=[EventPublic.model_validate(r) for r in page],
+            count=len(page),
+            next_cursor=following,
+        )
     )

@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel, Field
 
 from tokentrail.api.auth import Role, create_key
-from tokentrail.api.deps import AdminDep, ConnDep
+from tokentrail.api.deps import AdminDep, ConnDep, StateDep
 from tokentrail.api.models import RequestPublic, RequestsPublic
 from tokentrail.store import api as sql
 
@@ -44,7 +44,8 @@ def _public(row: sql.KeyRow) -> KeyPublic:
 
 
 @router.get("/keys", response_model=KeysPublic)
-def list_keys(conn: ConnDep, _: AdminDep) -> KeysPublic:
+def list_keys(conn: ConnDep, state: StateDep, _: AdminDep) -> KeysPublic:
+    state.audit.flush()  # `last_used_at` comes from the request log
     rows = sql.list_keys(conn)
     return KeysPublic(data=[_public(r) for r in rows], count=len(rows))
 
@@ -59,9 +60,11 @@ def new_key(body: KeyCreate, conn: ConnDep, _: AdminDep) -> KeyCreated:
 
 
 @router.delete("/keys/{key_id}", response_model=KeyPublic)
-def revoke_key(key_id: str, conn: ConnDep, _: AdminDep) -> KeyPublic:
+def revoke_key(key_id: str, conn: ConnDep, state: StateDep, _: AdminDep) -> KeyPublic:
+    """Revoke a key: refused from the next request on (it leaves the key cache now)."""
     if not sql.revoke_key(conn, key_id=key_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no key {key_id!r}")
+    state.keys.forget(key_id)
     row = sql.key_by_id(conn, key_id=key_id)
     assert row is not None
     return _public(row)
@@ -70,10 +73,12 @@ def revoke_key(key_id: str, conn: ConnDep, _: AdminDep) -> KeyPublic:
 @router.get("/requests", response_model=RequestsPublic)
 def list_requests(
     conn: ConnDep,
+    state: StateDep,
     _: AdminDep,
     key_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> RequestsPublic:
-    """The request log, newest first."""
+    """The request log, newest first (including rows still queued for it)."""
+    state.audit.flush()
     rows = sql.recent_requests(conn, key_id=key_id, limit=limit)
     return RequestsPublic(data=[RequestPublic(**r._asdict()) for r in rows], count=len(rows))

@@ -15,6 +15,7 @@ from tokentrail.api.models import TokensPage
 from tokentrail.graph import (
     BlastRadius,
     Lineage,
+    RankedToken,
     TokenGraph,
     TokenReport,
     blast_radius,
@@ -23,7 +24,10 @@ from tokentrail.graph import (
     token_lineage,
     token_report,
 )
+from tokentrail.graph.blast import BlastSummary
 from tokentrail.graph.tokens import lookup_tokens
+from tokentrail.store import api as sql
+from tokentrail.store.graph import refresh_scores
 
 router = APIRouter(prefix="/v1/tokens", tags=["tokens"])
 
@@ -50,8 +54,31 @@ def list_tokens(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> MsgspecJSON:
     """Tokens by blast radius score, highest first (`count` is the page's size)."""
-    with state.rank_lock:
-        ranked = rank_tokens(conn, catalog=catalog, top=limit, identity=identity)
+    if identity is None and state.consumer is not None:
+        # The consumer keeps the stored scores current (ScoreKeeper, at most a refresh interval
+        # behind): read them. Refreshing here made a request a write transaction, serialised
+        # by the lock and at odds with the consumer's own refresh.
+        with state.rank_lock:
+            if state.scores_fingerprint is None:  # the first ranking scores what is unscored
+                state.scores_fingerprint = refresh_scores(conn, catalog=catalog)
+        ranked = [
+            RankedToken(
+                token_id=row.token_id,
+                identity=row.identity,
+                calls=row.calls,
+                blast_radius=BlastSummary(
+                    score=row.score,
+                    direct_targets=row.direct_targets,
+                    transitive_targets=row.transitive_targets,
+                    environments=row.environments,
+                ),
+            )
+            for row in sql.stored_ranking(conn, fingerprint=state.scores_fingerprint, top=limit)
+        ]
+    else:
+        # Nothing else writes events: after the first ranking the refresh finds scores current.
+        with state.rank_lock:
+            ranked = rank_tokens(conn, catalog=catalog, top=limit, identity=identity)
     return MsgspecJSON(TokensPage(data=ranked, count=len(ranked)))
 
 
