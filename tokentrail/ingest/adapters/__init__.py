@@ -140,17 +140,20 @@ class Picker:
     """
 
     def __init__(self, fields: Mapping[str, Sequence[str]]) -> None:
-        self._table: dict[str, list[tuple[str, int]]] = {}
+        table: dict[str, list[tuple[str, int]]] = {}
         for field, names in fields.items():
             for rank, name in enumerate(names):
-                self._table.setdefault(name, []).append((field, rank))
-        self._names = frozenset(self._table)
+                table.setdefault(name, []).append((field, rank))
+        self._table = {name: tuple(places) for name, places in table.items()}
+        self._names = frozenset(table)
 
     def pick(self, *maps: Mapping[str, Any]) -> dict[str, str]:
         found: dict[str, str] = {}
         ranks: dict[str, int] = {}
         table = self._table
+        # Called once per span: the loop stays in locals, and a map's rank offset is hoisted.
         for order, values in enumerate(maps):
+            offset = order << 16
             for name in self._names.intersection(values):
                 value = values[name]
                 if value.__class__ is not str:
@@ -160,11 +163,14 @@ class Picker:
                 if not value or value.isspace():
                     continue
                 for field, rank in table[name]:
-                    key = (order << 16) + rank
-                    if key < ranks.get(field, 1 << 30):
-                        ranks[field] = key
+                    rank += offset
+                    if rank < ranks.get(field, _UNRANKED):
+                        ranks[field] = rank
                         found[field] = value
         return found
+
+
+_UNRANKED: Final = 1 << 30
 
 
 def configured_fields(settings: AdapterSettings) -> dict[str, Sequence[str]]:

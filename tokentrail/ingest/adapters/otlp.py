@@ -153,6 +153,37 @@ _decode_span: Final = msgspec.json.Decoder(Span).decode
 _decode_attributed: Final = msgspec.json.Decoder(_Attributed).decode
 
 
+class Event(msgspec.Struct, omit_defaults=True, gc=False):
+    """One span as a contract event, fields in the order the JSON has them (None: left out).
+
+    A Struct rather than a dict: built in one call and encoded in C with its keys pre-encoded,
+    which matters at one event per span; it also fixes the order of the optional fields.
+    """
+
+    event_id: str
+    ts: str
+    token_id: str
+    identity: str
+    source: str
+    target: str
+    operation: str
+    outcome: str
+    trace_id: str
+    span_id: str
+    parent_span_id: str | None = None
+    status: int | None = None
+    identity_kind: str | None = None
+    scope: str | None = None
+    environment: str | None = None
+    task_id: str | None = None
+    actor: str | None = None
+    user_agent: str | None = None
+    resource: str | None = None
+    source_ip: str | None = None
+    bytes_out: int | None = None
+    attributes: dict[str, Any] | None = None
+
+
 class _Entry(msgspec.Struct, gc=False):
     """One decoded span with its resource, before mapping."""
 
@@ -203,8 +234,10 @@ def adapt(record: bytes, settings: AdapterSettings) -> list[Item]:
                 scope_name = _attributed(scoped.scope).name
             except DECODE_ERRORS:
                 scope_name = ""
+            # The envelope's head is the same for every span of the scope: built once.
+            head = _envelope_head(block.resource, scoped.scope)
             for raw in scoped.spans:
-                source = _envelope(block.resource, scoped.scope, raw)
+                source = b"".join((head, raw, _ENVELOPE_TAIL))
                 try:
                     entries.append(
                         _entry(
@@ -240,17 +273,22 @@ def _attributed(raw: msgspec.Raw) -> _Attributed:
 
 def _envelope(resource: msgspec.Raw, scope: msgspec.Raw, span: msgspec.Raw) -> bytes:
     """A request holding just this span, its resource and scope: the unit to dead-letter."""
+    return b"".join((_envelope_head(resource, scope), span, _ENVELOPE_TAIL))
+
+
+def _envelope_head(resource: msgspec.Raw, scope: msgspec.Raw) -> bytes:
     return b"".join(
         (
             b'{"resourceSpans":[{"resource":',
-            bytes(resource) if len(resource) else b"{}",
+            resource if len(resource) else b"{}",
             b',"scopeSpans":[{"scope":',
-            bytes(scope) if len(scope) else b"{}",
+            scope if len(scope) else b"{}",
             b',"spans":[',
-            bytes(span),
-            b"]}]}]}",
         )
     )
+
+
+_ENVELOPE_TAIL: Final = b"]}]}]}"
 
 
 def _entry(
@@ -266,7 +304,13 @@ def _entry(
         span = _decode_span(raw)
     except DECODE_ERRORS as exc:
         raise InvalidEventError(f"{NAME}: span: {why(exc)}") from None
-    trace_id = hex_id(span.traceId, 16, "traceId")
+    trace_id = _TRACE_IDS.get(span.traceId)
+    if trace_id is None:
+        trace_id = hex_id(span.traceId, 16, "traceId")
+        if trace_id is not None:
+            if len(_TRACE_IDS) >= 4096:
+                _TRACE_IDS.clear()
+            _TRACE_IDS[span.traceId] = trace_id
     span_id = hex_id(span.spanId, 8, "spanId")
     if trace_id is None or span_id is None:
         raise InvalidEventError(f"{NAME}: span has no {'traceId' if not trace_id else 'spanId'}")
@@ -288,6 +332,10 @@ def _entry(
     )
 
 
+# traceId as sent -> as the event has it: the spans of a trace share it, so it is converted once.
+_TRACE_IDS: dict[str, str] = {}
+
+
 def hex_id(value: str, size: int, field: str) -> str | None:
     """A trace or span id as lowercase hex, from hex (OTLP/JSON) or base64; None if absent.
 
@@ -296,7 +344,7 @@ def hex_id(value: str, size: int, field: str) -> str | None:
     """
     if not value:
         return None
-    if _HEX_ID.match(value) and len(value) == 2 * size and value.strip("0"):
+    if len(value) == 2 * size and _HEX_ID.match(value) and value.strip("0"):
         return value.lower()
     if len(value) == 2 * size:
         try:
@@ -323,22 +371,25 @@ def hex_id(value: str, size: int, field: str) -> str | None:
 
 
 def _kind(value: int | str) -> str:
-    if isinstance(value, int):
-        if 0 <= value < len(KINDS):
-            return KINDS[value]
-    elif value in _KIND_NAMES:
-        return _KIND_NAMES[value]
-    raise InvalidEventError(f"{NAME}: span `kind` {value!r} is not a SpanKind")
+    kind = _KIND_OF.get(value)
+    if kind is None:
+        raise InvalidEventError(f"{NAME}: span `kind` {value!r} is not a SpanKind")
+    return kind
+
+
+# The numbers and the names, in one table: one lookup per span.
+_KIND_OF: Final[dict[int | str, str]] = {
+    **{number: kind for number, kind in enumerate(KINDS)},
+    **{name: kind for name, kind in _KIND_NAMES.items()},
+}
 
 
 def _values(attributes: list[_KeyValue]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for kv in attributes:
-        value = kv.value
-        if value is not None:
-            text = value.stringValue
-            values[kv.key] = text if text is not None else _value(value)
-    return values
+    return {
+        kv.key: value.stringValue if value.stringValue is not None else _value(value)
+        for kv in attributes
+        if (value := kv.value) is not None
+    }
 
 
 def _value(value: _AnyValue | None) -> Any:
@@ -434,35 +485,37 @@ _FIELDS: Final = {
     "user_agent": _USER_AGENT,
     "bytes_out": _BYTES_OUT,
 }
-# Event fields filled as they are from what the picker found.
-_COPIED: Final = frozenset({"scope", "environment", "task_id", "actor", "user_agent"})
 
 
-def event_of(
-    entry: _Entry, trace: Spans, options: Options
-) -> tuple[dict[str, Any], tuple[str, ...]]:
-    """One span as a contract event (JSON-ready); `trace` holds the spans of its request."""
+def event_of(entry: _Entry, trace: Spans, options: Options) -> tuple[Event, tuple[str, ...]]:
+    """One span as a contract event; `trace` holds the spans of its request."""
     span = entry.span
     attributes = entry.attributes
-    start = _nanos(span.startTimeUnixNano, "startTimeUnixNano")
+    start = span.startTimeUnixNano
+    if not isinstance(start, int):
+        start = _nanos(start, "startTimeUnixNano")
     if start <= 0:
         raise InvalidEventError(f"{NAME}: span has no `startTimeUnixNano`")
-    if not MIN_MICROS <= start // 1000 < MAX_MICROS:
+    start_us = start // 1000
+    if not MIN_MICROS <= start_us < MAX_MICROS:
         raise InvalidEventError(
             f"{NAME}: `startTimeUnixNano` {start} is out of range (epoch nanoseconds expected)"
         )
-    end = _nanos(span.endTimeUnixNano, "endTimeUnixNano")
-    found = options.picker.pick(attributes)
+    end = span.endTimeUnixNano
+    if not isinstance(end, int):
+        end = _nanos(end, "endTimeUnixNano")
+    found = options.picker.pick(attributes) if attributes else {}
     if entry.resource_found:
         found = entry.resource_found | found  # the span's own attributes win
+    get = found.get
     flags: list[str] = []
     source, target = _ends(entry, found, trace, flags)
-    token = found.get("token")
+    token = get("token")
     if token is None:
         token = f"service:{source}"
         flags.append(FLAG_TOKEN_FALLBACK)
-    identity = found.get("identity")
-    identity_kind = found.get("identity_kind")
+    identity = get("identity")
+    identity_kind = get("identity_kind")
     if identity_kind not in IDENTITY_KINDS:
         identity_kind = None
     if identity is None:
@@ -474,35 +527,8 @@ def event_of(
     if parent is not None and parent in by_id and by_id[parent].kind not in trace.kept:
         parent = _kept_ancestor(parent, by_id, trace.kept)
         flags.append(FLAG_PARENT_RELINKED)
-    status = _http_status(found.get("status"))
-    event: dict[str, Any] = {
-        "event_id": f"otlp:{entry.trace_id}:{entry.span_id}",
-        "ts": rfc3339(start // 1000),
-        "token_id": token,
-        "identity": clip(identity, 1024),
-        "source": clip(source, 1024),
-        "target": clip(target, 1024),
-        "operation": clip(_operation(span, attributes, found.get("method")), 1024),
-        "outcome": _outcome(span, status, attributes.get("rpc.grpc.status_code")),
-        "trace_id": entry.trace_id,
-        "span_id": entry.span_id,
-    }
-    if parent is not None:
-        event["parent_span_id"] = parent
-    if status is not None:
-        event["status"] = status
-    if identity_kind:
-        event["identity_kind"] = identity_kind
-    for name in _COPIED.intersection(found):
-        event[name] = clip(found[name], 4096)
-    path = found.get("path")
-    if path:
-        event["resource"] = clip(path.split("?", 1)[0], 4096)
-    if entry.kind in _CALLED and "client_ip" in found:
-        event["source_ip"] = clip(found["client_ip"], 4096)
-    size = _size(found.get("bytes_out"))
-    if size is not None:
-        event["bytes_out"] = size
+    status = _http_status(get("status"))
+    path = get("path")
     kept: dict[str, Any] = {"otel.span.kind": entry.kind}
     if span.name:
         kept["otel.span.name"] = span.name
@@ -517,8 +543,35 @@ def event_of(
         kept["span"] = _without(attributes, options.token_names)
     if entry.resource:
         kept["resource"] = entry.kept_resource
-    event["attributes"] = kept
+    event = Event(
+        f"otlp:{entry.trace_id}:{entry.span_id}",
+        rfc3339(start_us),
+        token,
+        clip(identity, 1024),
+        clip(source, 1024),
+        clip(target, 1024),
+        clip(_operation(span, attributes, get("method")), 1024),
+        _outcome(span, status, attributes.get("rpc.grpc.status_code")),
+        entry.trace_id,
+        entry.span_id,
+        parent,
+        status,
+        identity_kind or None,
+        _copied(get("scope")),
+        _copied(get("environment")),
+        _copied(get("task_id")),
+        _copied(get("actor")),
+        _copied(get("user_agent")),
+        clip(path.split("?", 1)[0], 4096) if path else None,
+        _copied(get("client_ip")) if entry.kind in _CALLED else None,
+        _size(get("bytes_out")),
+        kept,
+    )
     return event, tuple(flags)
+
+
+def _copied(value: str | None) -> str | None:
+    return value if value is None or len(value) <= 4096 else clip(value, 4096)
 
 
 def _without(values: dict[str, Any], names: frozenset[str]) -> dict[str, Any]:

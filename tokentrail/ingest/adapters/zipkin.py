@@ -116,12 +116,41 @@ class _Part(msgspec.Struct, gc=False):
     span_id: str
     parent_id: str | None
     tags: dict[str, str]
+    # The local service (name, else address): read for the span and for its neighbours in the
+    # trace, so worked out once. Merging never changes `localEndpoint`.
+    service: str | None
     merged: int = 0
 
-    @property
-    def service(self) -> str | None:
-        local = self.span.localEndpoint
-        return _text(local.serviceName) or _address(local) if local else None
+
+class Event(msgspec.Struct, omit_defaults=True, gc=False):
+    """One span as a contract event, fields in the order the JSON has them (None: left out).
+
+    A Struct rather than a dict: built in one call and encoded in C with its keys pre-encoded,
+    which matters at one event per span.
+    """
+
+    event_id: str
+    ts: str
+    token_id: str
+    identity: str
+    source: str
+    target: str
+    operation: str
+    outcome: str
+    trace_id: str
+    span_id: str
+    attributes: dict[str, Any]
+    parent_span_id: str | None = None
+    status: int | None = None
+    identity_kind: str | None = None
+    source_ip: str | None = None
+    scope: str | None = None
+    environment: str | None = None
+    resource: str | None = None
+    user_agent: str | None = None
+    task_id: str | None = None
+    actor: str | None = None
+    bytes_out: int | None = None
 
 
 def adapt(record: bytes, settings: AdapterSettings) -> list[Item]:
@@ -174,7 +203,9 @@ def _add(parts: list[_Part], items: list[Item], span: Span, source: bytes, where
         tags = {k: v if isinstance(v, str) else str(v).lower() for k, v in lax.items()}
     else:
         tags = span.tags
-    parts.append(_Part(span, source, trace_id, span_id, parent_id, tags))
+    local = span.localEndpoint
+    service = _text(local.serviceName) or _address(local) if local else None
+    parts.append(_Part(span, source, trace_id, span_id, parent_id, tags, service))
 
 
 def zipkin_id(value: str, field: str) -> str:
@@ -277,9 +308,10 @@ class _Trace:
     def callee(self, part: _Part) -> str | None:
         """The service a CLIENT/PRODUCER span called: its shared SERVER half, or a child."""
         key = (part.trace_id, part.span_id)
-        for other in self._by_id.get(key, []) + self._children.get(key, []):
-            if other.span.kind in _CALLED and other.service:
-                return other.service
+        for others in (self._by_id.get(key, ()), self._children.get(key, ())):
+            for other in others:
+                if other.span.kind in _CALLED and other.service:
+                    return other.service
         return None
 
     def caller(self, part: _Part) -> str | None:
@@ -332,33 +364,32 @@ class Options:
 
 
 _OPTIONS: Final[dict[tuple[tuple[str, ...], ...], Options]] = {}
-# Event fields filled as they are from the tags found.
-_COPIED: Final = ("scope", "environment", "resource", "user_agent", "task_id", "actor")
 
 
-def event_of(
-    part: _Part, trace: _Trace, options: Options
-) -> tuple[dict[str, Any], tuple[str, ...]]:
-    """One span as a contract event (JSON-ready); `trace` holds the other spans of the record."""
+# Event fields filled as they are from the tags found (`_copied`).
+def event_of(part: _Part, trace: _Trace, options: Options) -> tuple[Event, tuple[str, ...]]:
+    """One span as a contract event; `trace` holds the other spans of the record."""
     span = part.span
     tags = part.tags
-    if span.timestamp is None or span.timestamp <= 0:
+    timestamp = span.timestamp
+    if timestamp is None or timestamp <= 0:
         raise InvalidEventError(f"{NAME}: span {part.span_id} has no timestamp")
-    if not MIN_MICROS <= span.timestamp < MAX_MICROS:
+    if not MIN_MICROS <= timestamp < MAX_MICROS:
         raise InvalidEventError(
-            f"{NAME}: span {part.span_id} `timestamp` {span.timestamp} is out of range"
+            f"{NAME}: span {part.span_id} `timestamp` {timestamp} is out of range"
             " (epoch microseconds expected)"
         )
     flags: list[str] = []
     local = part.service or "unknown"
     source, target = _ends(part, local, trace, flags)
     found = options.picker.pick(tags) if tags else {}
-    token = found.get("token")
+    get = found.get
+    token = get("token")
     if token is None:
         token = f"service:{source}"
         flags.append(FLAG_TOKEN_FALLBACK)
-    identity = found.get("identity")
-    identity_kind = found.get("identity_kind")
+    identity = get("identity")
+    identity_kind = get("identity_kind")
     if identity_kind not in IDENTITY_KINDS:
         identity_kind = None
     if identity is None:
@@ -369,40 +400,10 @@ def event_of(
     where = span.localEndpoint
     host = f"{local}|{where.ipv4}|{where.ipv6}|{where.port}" if where else local
     kind = span.kind.lower() if span.kind else "local"
-    attributes: dict[str, Any] = {}
-    event: dict[str, Any] = {
-        # Client and server halves share a span id, and one message may reach several hosts.
-        "event_id": f"zipkin:{part.trace_id}:{part.span_id}:{kind}:"
-        + f"{crc32(f'{host}|{span.timestamp}'.encode()):08x}",
-        "ts": rfc3339(span.timestamp),
-        "token_id": token,
-        "identity": clip(identity, 1024),
-        "source": clip(source, 1024),
-        "target": clip(target, 1024),
-        "operation": clip(_operation(part, trace), 1024),
-        "outcome": _outcome(tags, status),
-        "trace_id": part.trace_id,
-        "span_id": part.span_id,
-        "attributes": attributes,
-    }
-    if part.parent_id is not None:
-        event["parent_span_id"] = part.parent_id
-    if status is not None:
-        event["status"] = status
-    if identity_kind:
-        event["identity_kind"] = identity_kind
     remote = span.remoteEndpoint
-    if remote is not None and span.kind in _CALLED:
-        address = _address(remote)
-        if address:
-            event["source_ip"] = address
-    for name in _COPIED:
-        value = found.get(name)
-        if value:
-            event[name] = clip(value, 4096)
-    size = _size(found.get("bytes_out"))
-    if size is not None:
-        event["bytes_out"] = size
+    address = _address(remote) if remote is not None and span.kind in _CALLED else None
+    size = get("bytes_out")
+    attributes: dict[str, Any] = {}
     if span.kind:
         attributes["zipkin.kind"] = span.kind
     if span.name:
@@ -422,7 +423,37 @@ def event_of(
     if tags:
         # The credential is kept only as token_id, where ingest hashes raw secrets.
         attributes["tags"] = _without(tags, options.token_names)
+    event = Event(
+        # Client and server halves share a span id, and one message may reach several hosts.
+        f"zipkin:{part.trace_id}:{part.span_id}:{kind}:"
+        + f"{crc32(f'{host}|{timestamp}'.encode()):08x}",
+        rfc3339(timestamp),
+        token,
+        clip(identity, 1024),
+        clip(source, 1024),
+        clip(target, 1024),
+        clip(_operation(part, trace), 1024),
+        _outcome(tags, status),
+        part.trace_id,
+        part.span_id,
+        attributes,
+        part.parent_id,
+        status,
+        identity_kind or None,
+        address or None,
+        _copied(get("scope")),
+        _copied(get("environment")),
+        _copied(get("resource")),
+        _copied(get("user_agent")),
+        _copied(get("task_id")),
+        _copied(get("actor")),
+        None if size is None else _size(size),
+    )
     return event, tuple(flags)
+
+
+def _copied(value: str | None) -> str | None:
+    return value if value is None or len(value) <= 4096 else clip(value, 4096)
 
 
 def _without(values: dict[str, str], names: frozenset[str]) -> dict[str, str]:
