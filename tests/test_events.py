@@ -93,6 +93,13 @@ def test_every_rejection_says_why(raw: bytes, expected: str) -> None:
     assert reason(raw).startswith(expected)
 
 
+def test_non_utf8_outside_the_contract_is_rejected_too() -> None:
+    # A field the decoder ignores is still parsed by the store: one such event used to fail
+    # its whole batch (found by tests/hardening/test_fuzz_parser.py).
+    raw = encode(call()).replace(b'"scope"', b'"sco\xf0e"').replace(b"}", b',"x\xffy":1}', 1)
+    assert reason(raw).startswith("not UTF-8: invalid ")
+
+
 def test_non_utf8_is_rejected_with_its_position() -> None:
     raw = encode(call(identity="svc")).replace(b'"svc"', b'"sv\xff"')
     assert reason(raw).startswith("not UTF-8: invalid start byte at byte")

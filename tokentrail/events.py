@@ -324,6 +324,12 @@ class EventDecoder:
         if not raw.strip():
             raise InvalidEventError("empty message")
         try:
+            # msgspec skips fields outside the contract without checking their bytes; the store
+            # parses the whole message and would refuse the batch it arrived in (~0.3 µs here).
+            raw.decode()
+        except UnicodeDecodeError as exc:
+            raise InvalidEventError(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
+        try:
             wire = self._decoder.decode(raw)
         except msgspec.ValidationError as exc:
             raise InvalidEventError(f"invalid event: {exc}") from None
@@ -364,14 +370,7 @@ class EventDecoder:
                 raise InvalidEventError(
                     "invalid event: `attributes` must be an object - at `$.attributes`"
                 )
-            try:
-                # msgspec skips `attributes` without checking its UTF-8; the store would then
-                # refuse the whole batch it arrived in.
-                text = attributes.decode()
-            except UnicodeDecodeError as exc:
-                raise InvalidEventError(
-                    f"not UTF-8: {exc.reason} at byte {exc.start} of `attributes`"
-                ) from None
+            text = attributes.decode()  # valid: `decode` checked every byte of the message
             try:
                 clean = self._redactor.redact_attributes(text)
             except RecursionError:

@@ -106,7 +106,7 @@ def test_non_utf8_inside_attributes_is_a_dead_letter(bad: bytes) -> None:
     """Regression: msgspec skips `attributes` unread, so invalid UTF-8 there was accepted and
     then made DuckDB refuse the whole batch (every good event of it lost, ingest stopped)."""
     raw = encode(call(attributes={"k": "QQ"})).replace(b"QQ", bad)
-    with pytest.raises(InvalidEventError, match=r"not UTF-8: .* of `attributes`"):
+    with pytest.raises(InvalidEventError, match=r"not UTF-8: .* at byte \d+"):
         DECODER.decode(raw)
 
 
