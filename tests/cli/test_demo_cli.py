@@ -37,6 +37,16 @@ class Running:
     process: subprocess.Popen[str]
     lines: list[str] = field(default_factory=list)
     fresh: queue.Queue[str | None] = field(default_factory=queue.Queue)
+    errors: list[str] = field(default_factory=list)
+    readers: list[threading.Thread] = field(default_factory=list)
+
+    def start_reading(self) -> None:
+        # One reader per pipe, each the pipe's only reader: a second one (communicate) would
+        # take lines, such as the final summary, away from `lines`.
+        for target in (self.read, self.read_errors):
+            reader = threading.Thread(target=target, daemon=True)
+            reader.start()
+            self.readers.append(reader)
 
     def read(self) -> None:
         assert self.process.stdout is not None
@@ -44,6 +54,10 @@ class Running:
             self.lines.append(line)
             self.fresh.put(line)
         self.fresh.put(None)
+
+    def read_errors(self) -> None:
+        assert self.process.stderr is not None
+        self.errors.extend(self.process.stderr)
 
     def wait_for(self, pattern: re.Pattern[str], timeout: float = 120) -> re.Match[str]:
         """The first line from now on that matches, or fail with the output so far."""
@@ -80,7 +94,7 @@ def demo(tmp_path: Path) -> Iterator[Callable[..., Running]]:
             cwd=tmp_path,
         )
         running = Running(process)
-        threading.Thread(target=running.read, daemon=True).start()
+        running.start_reading()
         started.append(running)
         return running
 
@@ -92,9 +106,11 @@ def demo(tmp_path: Path) -> Iterator[Callable[..., Running]]:
 
 
 def stderr_of(running: Running, timeout: float = 180) -> str:
-    """Wait for the process to end; its stderr."""
-    _, err = running.process.communicate(timeout=timeout)
-    return err
+    """Wait for the process to end and both pipes to be read to their end; its stderr."""
+    running.process.wait(timeout=timeout)
+    for reader in running.readers:
+        reader.join(30)
+    return "".join(running.errors)
 
 
 def counts(db: Path) -> sql.Counts:
