@@ -18,7 +18,6 @@ no logic of their own. "Now" is the newest stored event (event time), never the 
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
@@ -28,6 +27,7 @@ import duckdb
 import msgspec
 
 from tokentrail.catalog import Catalog
+from tokentrail.detect.setup import remembered_catalog
 from tokentrail.errors import TokentrailError
 from tokentrail.events import EPOCH, ONE_US
 from tokentrail.graph.blast import BlastRadius, blast_radius
@@ -36,7 +36,7 @@ from tokentrail.graph.lineage import Lineage, token_lineage
 from tokentrail.graph.model import Result, utc
 from tokentrail.graph.paths import Paths, find_paths
 from tokentrail.graph.tokens import TokenInfo, lookup_tokens
-from tokentrail.store.alerts import AlertRow, load_config
+from tokentrail.store.alerts import AlertRow
 from tokentrail.store.graph import edge_rows
 from tokentrail.store.investigate import (
     CallRow,
@@ -55,6 +55,9 @@ TIMELINE_LIMIT: Final = 5_000
 # Credential access this long before the evidence counts as part of the incident: the window
 # the credential-pivot detector follows a derived token's ancestors back over.
 CREDENTIAL_LOOKBACK: Final = timedelta(hours=2)
+
+# The catalog the alerts were scored with: an investigation scores reach the same way.
+stored_catalog = remembered_catalog
 
 
 class UnknownAlertError(TokentrailError):
@@ -296,18 +299,6 @@ def alert_evidence(conn: duckdb.DuckDBPyConnection, *, alert: AlertInfo) -> Evid
 
 def _ordered(items: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(items))
-
-
-def stored_catalog(conn: duckdb.DuckDBPyConnection) -> Catalog:
-    """The catalog detection last ran with (remembered by `ingest/detect --catalog`), else the
-    empty one: an investigation scores reach the way its alerts were scored."""
-    text = load_config(conn, name="catalog")
-    if text is None:
-        return Catalog()
-    try:
-        return Catalog.model_validate(json.loads(text))
-    except (ValueError, TypeError) as exc:
-        raise TokentrailError(f"the stored catalog is unreadable: {exc}") from None
 
 
 # --- reach: before and after, the path, the graph ----------------------------------------------

@@ -40,8 +40,9 @@ from tokentrail.api.routes import (
     ui,
 )
 from tokentrail.api.settings import ApiSettings
-from tokentrail.api.state import ApiState, ConsumerStatus, harden, stored_catalog
+from tokentrail.api.state import ApiState, ConsumerStatus, harden
 from tokentrail.catalog import Catalog
+from tokentrail.detect.setup import remembered_catalog
 from tokentrail.errors import TokentrailError
 from tokentrail.graph import (
     BlastRadius,
@@ -92,7 +93,7 @@ def create_app(
     state = ApiState(
         store=store,
         settings=settings,
-        catalog=catalog if catalog is not None else stored_catalog(store.conn),
+        catalog=catalog if catalog is not None else remembered_catalog(store.conn),
         consumer=consumer,
         deliverer=deliverer,
     )

@@ -54,7 +54,7 @@ class BackgroundConsumer:
             if self.engine is not None
             else load_catalog(catalog_path)
             if catalog_path is not None
-            else remembered_catalog(store),
+            else remembered_catalog(store.conn),
         )
         hooks: list[BatchHook] = [self.scores.on_batch]
         if self.engine is not None:

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import duckdb
-from pydantic import ValidationError
 
 from tokentrail.api.audit import AuditLog
 from tokentrail.api.auth import KeyCache
 from tokentrail.api.metrics import Metrics
 from tokentrail.api.settings import ApiSettings
 from tokentrail.catalog import Catalog
-from tokentrail.errors import ConfigError
 from tokentrail.histogram import Histogram
 from tokentrail.sinks.delivery import Deliverer
 from tokentrail.store import Store
@@ -101,14 +98,3 @@ def harden(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute("SET autoinstall_known_extensions = false")
     conn.execute("SET autoload_known_extensions = false")
     conn.execute("SET lock_configuration = true")
-
-
-def stored_catalog(conn: duckdb.DuckDBPyConnection) -> Catalog:
-    """The catalog detection last ran with, or the empty one."""
-    text = sql.catalog_json(conn)
-    if text is None:
-        return Catalog()
-    try:
-        return Catalog.model_validate(json.loads(text))
-    except (ValidationError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"the stored catalog is unreadable: {exc}") from None

@@ -68,7 +68,7 @@ def _store(db: Path) -> Iterator[Store]:
 
 def _catalog(path: Path | None, store: Store) -> Catalog:
     """The catalog given, else the one the database was ingested with (as the API uses)."""
-    return load_catalog(path) if path is not None else remembered_catalog(store)
+    return load_catalog(path) if path is not None else remembered_catalog(store.conn)
 
 
 def _time(value: str | None, option: str) -> datetime | None:

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import TypeVar
 
+import duckdb
 from pydantic import ValidationError
 
 from tokentrail.catalog import Catalog, load_catalog
@@ -31,25 +32,26 @@ def detection_for(
         catalog = load_catalog(catalog_path)
         sql.save_config(conn, name="catalog", content=catalog.model_dump_json(by_alias=True))
     else:
-        catalog = _remembered(store, "catalog", Catalog) or Catalog()
+        catalog = remembered_catalog(conn)
     if rules_path is not None:
         rules = parse_rules(read_text(rules_path, "rules file"), origin=str(rules_path))
         sql.save_config(conn, name="rules", content=rules.model_dump_json(by_alias=True))
     else:
-        rules = _remembered(store, "rules", Rules) or Rules()
+        rules = _remembered(conn, "rules", Rules) or Rules()
     return Detection(store, catalog=catalog, rules=rules)
 
 
-def remembered_catalog(store: Store) -> Catalog:
-    """The catalog detection last ran with (`ingest --catalog`), else the empty one."""
-    return _remembered(store, "catalog", Catalog) or Catalog()
+def remembered_catalog(conn: duckdb.DuckDBPyConnection) -> Catalog:
+    """The catalog detection last ran with (`ingest --catalog`), else the empty one: the API,
+    the graph commands and investigations score reach the way alerts were scored."""
+    return _remembered(conn, "catalog", Catalog) or Catalog()
 
 
-def _remembered(store: Store, name: str, model: type[M]) -> M | None:
-    text = sql.load_config(store.conn, name=name)
+def _remembered(conn: duckdb.DuckDBPyConnection, name: str, model: type[M]) -> M | None:
+    text = sql.load_config(conn, name=name)
     if text is None:
         return None
     try:
         return model.model_validate(json.loads(text))
     except (ValidationError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{store.path}: the stored {name} is unreadable: {exc}") from None
+        raise ConfigError(f"the stored {name} is unreadable: {exc}") from None

@@ -230,10 +230,13 @@ class Store:
                 "SELECT seq, event_id FROM staged WHERE conflicting ORDER BY seq"
             ).fetchall():
                 batch.reject_conflict(seq, event_id)
-            for (seq,) in conn.execute(
+            late = conn.execute(
                 "SELECT seq FROM staged WHERE before_floor AND NOT stored_before ORDER BY seq"
-            ).fetchall():
-                batch.reject_accepted(seq, _before_floor(conn))
+            ).fetchall()
+            if late:
+                reason = _before_floor(conn)
+                for (seq,) in late:
+                    batch.reject_accepted(seq, reason)
             # DuckDB holds the events now: their bytes (~90 MB per 100k) need not wait for the
             # merges and detection while the next batch is read.
             batch.release()

@@ -463,9 +463,3 @@ def counts(conn: duckdb.DuckDBPyConnection) -> Counts:
     return Counts(
         int(row[0]), int(row[1]), int(row[2]), {(str(s), str(t)): int(n) for s, t, n in alerts}
     )
-
-
-def catalog_json(conn: duckdb.DuckDBPyConnection) -> str | None:
-    """The catalog detection last ran with (stored by `tokentrail ingest/detect --catalog`)."""
-    rows = conn.execute("SELECT content FROM detect_config WHERE name = 'catalog'").fetchall()
-    return str(rows[0][0]) if rows else None
