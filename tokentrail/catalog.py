@@ -14,6 +14,7 @@ one, every service is worth `DEFAULT_SENSITIVITY` and the default weights apply.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import re
 import tomllib
@@ -94,6 +95,11 @@ class Catalog(_Model):
                     raise ValueError(f"{kind} {name!r} is declared twice")
                 seen.add(name)
         return self
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Names this catalog's content: stored blast scores say which catalog they are for."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
 
     @cached_property
     def _services(self) -> dict[str, Service]:

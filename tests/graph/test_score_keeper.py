@@ -6,12 +6,14 @@ import json
 from pathlib import Path
 
 import duckdb
+import pytest
 from factories import call, write_events
 from typer.testing import CliRunner
 
 from tokentrail.catalog import load_catalog
 from tokentrail.cli import app
 from tokentrail.graph.blast import rank_tokens
+from tokentrail.store.graph import refresh_scores
 
 CATALOG = """
 [[service]]
@@ -85,3 +87,24 @@ def test_ingest_without_detection_keeps_scores_for_the_catalog_given(tmp_path: P
 
     assert result.exit_code == 0, result.output
     assert set(stored_scores(db)) == {"tok-wide", "tok-narrow"}
+
+
+def test_two_writers_refreshing_at_once_report_the_conflict_and_leave_the_cursor_usable(
+    tmp_path: Path,
+) -> None:
+    # The consumer's ScoreKeeper and the API's first ranking refresh through two cursors of one
+    # database; a refresh that loses must say so and must not leave its cursor aborted.
+    db = tmp_path / "audit.duckdb"
+    ingest(tmp_path, db, "one.jsonl", events("one", 2))
+    catalog = load_catalog(tmp_path / "catalog.toml")
+    with duckdb.connect(str(db)) as conn:
+        conn.execute("UPDATE blast_state SET batch = 0")  # the scores are stale for every writer
+        holder, loser = conn.cursor(), conn.cursor()
+        holder.begin()  # a refresh under way in the other writer
+        holder.execute("UPDATE blast_state SET batch = 1000000")
+        with pytest.raises(duckdb.TransactionException, match="Conflict"):
+            refresh_scores(loser, catalog=catalog)
+        holder.commit()
+        # The winner's refresh is current: the loser reads it and writes nothing.
+        assert refresh_scores(loser, catalog=catalog) == catalog.fingerprint
+        assert loser.execute("SELECT count(*) FROM blast_scores").fetchall() == [(2,)]

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Final
 
 import duckdb
-import pyarrow as pa
 
 from tokentrail.batch import Batch
 from tokentrail.errors import StoreError
@@ -26,6 +25,7 @@ from tokentrail.events import SAMENESS_COLUMNS
 from tokentrail.store.derived import merge_derived
 from tokentrail.store.graph import merge_graph
 from tokentrail.store.migrations import LATEST, current_version, migrate
+from tokentrail.store.relations import registered
 from tokentrail.store.retention import retention_floor_us
 
 __all__ = ["BatchResult", "Store"]
@@ -222,7 +222,7 @@ class Store:
         conn = self.conn
         stored, duplicates = 0, batch.duplicates
         if batch.accepted:
-            with _registered(conn, "batch_events", batch.events_table()):
+            with registered(conn, batch_events=batch.events_table()):
                 # Events older than the retention floor were pruned: their ids can no longer
                 # be deduplicated, so storing them again would count their calls twice.
                 conn.execute(_STAGE, {"floor": retention_floor_us(conn)})
@@ -260,7 +260,7 @@ class Store:
             conn.execute("DROP VIEW new_events")
             conn.execute("DROP TABLE staged")
         if batch.dead_letters:
-            with _registered(conn, "batch_dead", batch.dead_letters_table()):
+            with registered(conn, batch_dead=batch.dead_letters_table()):
                 conn.execute(
                     "INSERT INTO dead_letters SELECT now(), origin_kind, origin_name, partition,"
                     " position, reason, raw FROM batch_dead"
@@ -335,16 +335,6 @@ def _limit_memory(
 def _literal(value: str) -> str:
     """A SQL string literal (SET takes no parameters)."""
     return "'" + value.replace("'", "''") + "'"
-
-
-@contextmanager
-def _registered(conn: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> Iterator[None]:
-    """`table` as relation `name` for the statements of the block, inside a transaction."""
-    conn.register(name, table)
-    yield
-    # Not in a `finally`: after a failed statement the aborted transaction refuses even this,
-    # and that error would hide the real one; the rollback drops the registration anyway.
-    conn.unregister(name)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -24,6 +24,7 @@ import pyarrow as pa
 from tokentrail.catalog import Catalog
 from tokentrail.detect.model import Call, Step
 from tokentrail.events import EPOCH, ONE_US
+from tokentrail.store.relations import registered
 
 DETECT_TABLES: Final = """
 -- One row per finding (deduplicated): the alert an analyst triages.
@@ -241,13 +242,8 @@ def catalog_tables(
             }
         ),
     }
-    for name, table in relations.items():
-        conn.register(name, table)
-    try:
+    with registered(conn, **relations):
         yield
-    finally:
-        for name in relations:
-            conn.unregister(name)
 
 
 # Facts the window's calls show, aggregated: (subject, facet, value) with its first call. A fact
@@ -824,8 +820,7 @@ def open_alerts(
             "dedupe_key": pa.array([k[1] for k in keys], pa.string()),
         }
     )
-    conn.register("tt_alert_keys", table)
-    try:
+    with registered(conn, tt_alert_keys=table):
         rows = conn.execute(
             f"SELECT {_ALERT_COLUMNS} FROM alerts a"
             " SEMI JOIN tt_alert_keys k USING (detector, dedupe_key)"
@@ -833,8 +828,6 @@ def open_alerts(
             " QUALIFY row_number() OVER (PARTITION BY detector, dedupe_key"
             "                            ORDER BY last_seen DESC, alert_id) = 1"
         ).fetchall()
-    finally:
-        conn.unregister("tt_alert_keys")
     return {(r.detector, r.dedupe_key): r for r in map(_alert, rows)}
 
 
@@ -934,13 +927,11 @@ def event_times(conn: duckdb.DuckDBPyConnection, *, event_ids: Sequence[str]) ->
     """Event id -> event time (epoch micros) for the given ids that are stored."""
     if not event_ids:
         return {}
-    conn.register("tt_eval_ids", pa.table({"event_id": pa.array(list(event_ids), pa.string())}))
-    try:
+    ids = pa.table({"event_id": pa.array(list(event_ids), pa.string())})
+    with registered(conn, tt_eval_ids=ids):
         rows = conn.execute(
             "SELECT e.event_id, epoch_us(e.ts) FROM events e SEMI JOIN tt_eval_ids USING (event_id)"
         ).fetchall()
-    finally:
-        conn.unregister("tt_eval_ids")
     return {str(e): int(t) for e, t in rows}
 
 

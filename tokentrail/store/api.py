@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from tokentrail.store.alerts import _ALERT_COLUMNS, AlertRow, _alert
 from tokentrail.store.graph import RankedToken
+from tokentrail.store.relations import registered
 
 API_TABLES: Final = """
 -- Bearer keys of the query API; `key_hash` is sha256(key), the key itself is shown once.
@@ -157,11 +158,8 @@ def log_requests(conn: duckdb.DuckDBPyConnection, *, requests: Sequence[RequestR
         [pa.array(values, type=f.type) for values, f in zip(columns, _REQUEST_SCHEMA, strict=True)],
         schema=_REQUEST_SCHEMA,
     )
-    conn.register("tt_api_requests", table)
-    try:
+    with registered(conn, tt_api_requests=table):
         conn.execute("INSERT INTO api_requests SELECT * FROM tt_api_requests")
-    finally:
-        conn.unregister("tt_api_requests")
 
 
 def recent_requests(

@@ -21,9 +21,8 @@ Timestamps come back as UTC microseconds (`*_us`) so no time zone setting can sh
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from typing import Final, NamedTuple
 
@@ -32,6 +31,7 @@ import pyarrow as pa
 
 from tokentrail.catalog import PRIVILEGES, Catalog, privilege_of
 from tokentrail.events import EPOCH, ONE_US
+from tokentrail.store.relations import registered
 
 GRAPH_TABLES: Final = """
 -- Every trace seen: its span of event time (to read a chain from a few row groups).
@@ -356,11 +356,8 @@ def _classify_operations(conn: duckdb.DuckDBPyConnection, *, new_events: str) ->
             "privilege": pa.array([privilege_of(op, scope) for op, scope in fresh], pa.string()),
         }
     )
-    conn.register("graph_fresh_operations", table)
-    try:
+    with registered(conn, graph_fresh_operations=table):
         conn.execute("INSERT INTO operation_scopes SELECT * FROM graph_fresh_operations")
-    finally:
-        conn.unregister("graph_fresh_operations")
 
 
 # --- chains ----------------------------------------------------------------------------------
@@ -757,13 +754,8 @@ def _catalog_relations(conn: duckdb.DuckDBPyConnection, *, catalog: Catalog) -> 
             }
         ),
     }
-    for name, table in relations.items():
-        conn.register(name, table)
-    try:
+    with registered(conn, **relations):
         yield
-    finally:
-        for name in relations:
-            conn.unregister(name)
 
 
 def _subjects(
@@ -973,13 +965,10 @@ def rank_tokens(
             [fingerprint],
         ).fetchall()
     else:
-        conn.register("tt_scores", scores)
-        try:
+        with registered(conn, tt_scores=scores):
             rows = conn.execute(
                 f"SELECT {columns} FROM tt_scores s JOIN tokens t USING (token_id) {order}"
             ).fetchall()
-        finally:
-            conn.unregister("tt_scores")
     return [RankedToken(*row) for row in rows]
 
 
@@ -1015,9 +1004,26 @@ def _read_only(conn: duckdb.DuckDBPyConnection) -> bool:
     return bool(rows and rows[0][0])
 
 
+# Two writers refreshing at once (the consumer's ScoreKeeper and a first ranking in the API)
+# conflict on the same rows; the loser finds the scores current when it looks again.
+_REFRESH_ATTEMPTS: Final = 3
+
+
 def refresh_scores(conn: duckdb.DuckDBPyConnection, *, catalog: Catalog) -> str:
     """Bring `blast_scores` up to date for `catalog`; returns the catalog's fingerprint."""
-    fingerprint = hashlib.sha256(catalog.model_dump_json().encode()).hexdigest()[:16]
+    fingerprint = catalog.fingerprint
+    for attempt in range(_REFRESH_ATTEMPTS):
+        try:
+            _refresh(conn, catalog=catalog, fingerprint=fingerprint)
+        except duckdb.TransactionException:
+            if attempt == _REFRESH_ATTEMPTS - 1:
+                raise
+        else:
+            break
+    return fingerprint
+
+
+def _refresh(conn: duckdb.DuckDBPyConnection, *, catalog: Catalog, fingerprint: str) -> None:
     rows = conn.execute(f"SELECT value FROM meta WHERE key = '{BATCH_KEY}'").fetchall()
     now = int(rows[0][0]) if rows else 0
     found = conn.execute(
@@ -1025,7 +1031,7 @@ def refresh_scores(conn: duckdb.DuckDBPyConnection, *, catalog: Catalog) -> str:
     ).fetchall()
     state = int(found[0][0]) if found else None
     if state is not None and state >= now:
-        return fingerprint
+        return
     conn.begin()
     try:
         if state is None:
@@ -1043,20 +1049,17 @@ def refresh_scores(conn: duckdb.DuckDBPyConnection, *, catalog: Catalog) -> str:
             table = _scores(
                 conn, catalog=catalog, token_ids=sorted(lineage_above(conn, token_ids=changed))
             )
-        conn.register("tt_fresh_scores", table)
-        try:
+        with registered(conn, tt_fresh_scores=table):
             conn.execute(
                 "INSERT OR REPLACE INTO blast_scores SELECT ?, * FROM tt_fresh_scores",
                 [fingerprint],
             )
-        finally:
-            conn.unregister("tt_fresh_scores")
         conn.execute("INSERT OR REPLACE INTO blast_state VALUES (?, ?)", [fingerprint, now])
+        conn.commit()
     except BaseException:
-        conn.rollback()
+        with suppress(duckdb.TransactionException):  # a failed commit has rolled back already
+            conn.rollback()
         raise
-    conn.commit()
-    return fingerprint
 
 
 def lineage_above(conn: duckdb.DuckDBPyConnection, *, token_ids: Sequence[str]) -> set[str]:
