@@ -44,7 +44,9 @@ def ingest(tmp_path: Path, db: Path, name: str, batch: list[dict[str, object]]) 
 
 def stored_scores(db: Path) -> dict[str, float]:
     rows = duckdb.connect(str(db)).sql("SELECT token_id, score FROM blast_scores").fetchall()
-    return {token: score for token, score in rows}
+    scores = {token: score for token, score in rows}
+    assert len(scores) == len(rows), "a token is scored twice"  # the table has no key
+    return scores
 
 
 def test_ingest_with_a_catalog_leaves_the_ranking_computed_and_exact(tmp_path: Path) -> None:
@@ -108,3 +110,29 @@ def test_two_writers_refreshing_at_once_report_the_conflict_and_leave_the_cursor
         # The winner's refresh is current: the loser reads it and writes nothing.
         assert refresh_scores(loser, catalog=catalog) == catalog.fingerprint
         assert loser.execute("SELECT count(*) FROM blast_scores").fetchall() == [(2,)]
+
+
+def test_scores_stored_under_the_keyed_table_of_version_7_are_dropped_and_recomputed(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "audit.duckdb"
+    ingest(tmp_path, db, "one.jsonl", events("one", 2))
+    with duckdb.connect(str(db)) as conn:  # back to version 7: scores keyed by (catalog, token)
+        conn.execute("DELETE FROM schema_migrations WHERE version >= 8")
+        conn.execute("DROP TABLE blast_scores")
+        conn.execute(
+            "CREATE TABLE blast_scores (catalog VARCHAR, token_id VARCHAR, score DOUBLE,"
+            " direct_targets BIGINT, transitive_targets BIGINT, environments VARCHAR[],"
+            " PRIMARY KEY (catalog, token_id))"
+        )
+        conn.execute("INSERT INTO blast_scores VALUES ('old', 'tok-wide', 1, 1, 0, [])")
+    ingest(tmp_path, db, "two.jsonl", [call(token_id="tok-narrow", target="payments-db")])
+    with duckdb.connect(str(db), read_only=True) as conn:
+        keys = conn.sql(
+            "SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'blast_scores'"
+            " AND constraint_type = 'PRIMARY KEY'"
+        ).fetchall()
+        catalogs = conn.sql("SELECT DISTINCT catalog FROM blast_scores").fetchall()
+    assert keys == [(0,)]
+    assert catalogs == [(load_catalog(tmp_path / "catalog.toml").fingerprint,)]
+    assert set(stored_scores(db)) == {"tok-wide", "tok-narrow"}

@@ -15,7 +15,13 @@ from tokentrail.store.alerts import DETECT_TABLES
 from tokentrail.store.api import API_TABLES
 from tokentrail.store.delivery import DELIVERY_TABLES
 from tokentrail.store.derived import merge_derived
-from tokentrail.store.graph import GRAPH_TABLES, HOP_TABLES, merge_graph, merge_service_hops
+from tokentrail.store.graph import (
+    GRAPH_TABLES,
+    HOP_TABLES,
+    UNKEYED_SCORES,
+    merge_graph,
+    merge_service_hops,
+)
 
 
 class Migration(NamedTuple):
@@ -147,6 +153,7 @@ MIGRATIONS: Final = (
     Migration(5, "api: keys, request log, alert triage", API_TABLES),
     Migration(6, "sinks: delivery state per sink and alert", DELIVERY_TABLES),
     Migration(7, "graph: service_hops for path search", HOP_TABLES, _backfill_service_hops),
+    Migration(8, "graph: blast_scores without a key", UNKEYED_SCORES),
 )
 
 LATEST: Final = MIGRATIONS[-1].version
