@@ -150,6 +150,9 @@ def _bare_aws_secrets(value: str) -> list[str]:
     return [m for m in _BARE_AWS_SECRET.findall(value) if not _HEX.issuperset(m)]
 
 
+# `"name": "value"` in text that is not JSON (a truncated or broken input): group 1 is everything
+# up to the value's opening quote, group 2 the value.
+_NAMED_VALUE: Final = re.compile(r'("(?:[^"\\]|\\.)*"\s*:\s*")((?:[^"\\]|\\.)*)"')
 # Attribute names whose value is a credential whatever it looks like (`Authorization: Basic …`,
 # a password, a cookie), matched anywhere in the name, any case.
 _SENSITIVE_KEY: Final = re.compile(
@@ -261,6 +264,36 @@ class SecretRedactor:
         changed, clean = self._clean(value, sensitive=False)
         return msgspec.json.encode(clean) if changed else None
 
+    def scrub(self, raw: bytes) -> bytes | None:
+        """A rejected input with every secret in it hashed; None if it held none.
+
+        Dead letters keep what arrived so it can be fixed and replayed, but never a credential:
+        JSON is walked as `attributes` are; input that does not parse is searched as text (shapes,
+        and string values after a sensitive name).
+
+        >>> SecretRedactor(b"k").scrub(b'{"password": "hunter2", "ts": ')
+        b'{"password": "redacted:0cd9cde64b418f83ab6358d5fa0fb2b0", "ts": '
+        """
+        text = raw.decode("utf-8", "surrogateescape")  # invalid UTF-8 survives the round trip
+        if not _may_hold_secret(text):
+            return None
+        try:
+            value = msgspec.json.decode(raw)
+        except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec raises the latter for strings
+            clean = _NAMED_VALUE.sub(
+                lambda m: (
+                    m.group(1) + self.hashed(m.group(2)) + '"'
+                    if _SENSITIVE_KEY.search(m.group(1))
+                    else m.group()
+                ),
+                text,
+            )
+            _, shaped = self._clean(clean, sensitive=False)
+            assert isinstance(shaped, str)
+            return None if shaped == text else shaped.encode("utf-8", "surrogateescape")
+        changed, cleaned = self._clean(value, sensitive=False)
+        return msgspec.json.encode(cleaned) if changed else None
+
     def _clean(self, value: object, *, sensitive: bool) -> tuple[bool, object]:
         if isinstance(value, str):
             if sensitive:
@@ -314,6 +347,10 @@ class EventDecoder:
         self._encode = msgspec.json.Encoder().encode
         self._redactor = SecretRedactor(salt)
         self.max_bytes = max_bytes
+
+    def scrub(self, raw: bytes) -> bytes | None:
+        """`raw` with its secrets hashed (None if it held none), for the dead-letter table."""
+        return self._redactor.scrub(raw)
 
     def decode(self, raw: bytes) -> Event:
         """Decode and validate one JSON event."""

@@ -8,6 +8,7 @@ as bytes: no secret may appear, in any table (checked by SQL too, as DuckDB comp
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -99,4 +100,40 @@ def test_no_secret_reaches_the_duckdb_file_or_its_wal(tmp_path: Path) -> None:
     data = b"".join(p.read_bytes() for p in files)
     assert CONTROL.encode() in data  # the grep sees stored values in the file as written
     leaked = [s for s in secrets if s.encode() in data or s.split(":")[-1].encode() in data]
+    assert leaked == []
+
+
+def test_rejected_inputs_are_dead_lettered_with_their_secrets_hashed(tmp_path: Path) -> None:
+    # Dead letters keep what arrived, for a fix and a replay: not the credentials it carried.
+    missing = call(token_id=SHAPED["github"])
+    del missing["identity"]
+    unknown = call(outcome="maybe", attributes={"authorization": NAMED["authorization"]})
+    lines = [
+        json.dumps(missing).encode(),
+        json.dumps(unknown).encode(),
+        # Broken JSON: found as text, by shape and after a sensitive name.
+        f'{{"token_id": "{SHAPED["jwt"]}", "password": "{NAMED["password"]}", "ts": '.encode(),
+        b'{"token_id": "\xff\xfe ' + SHAPED["slack"].encode() + b'"}',  # not UTF-8 either
+    ]
+    source = tmp_path / "rejected.jsonl"
+    source.write_bytes(b"\n".join(lines) + b"\n")
+    db = tmp_path / "rejected.duckdb"
+    result = subprocess.run(
+        [TOKENTRAIL, "ingest", str(source), "--db", str(db)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+    with duckdb.connect(str(db), read_only=True) as conn:
+        letters = conn.execute("SELECT reason, raw FROM dead_letters ORDER BY position").fetchall()
+    assert len(letters) == len(lines)
+    assert all(reason.endswith("(secrets in raw hashed)") for reason, _ in letters)
+    assert b"redacted:" in letters[2][1] and b"\xff\xfe" in letters[3][1]
+    secrets = [SHAPED["github"], NAMED["authorization"], SHAPED["jwt"], NAMED["password"]]
+    data = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith(db.name))
+    raws = b"".join(raw for _, raw in letters)
+    leaked = [s for s in [*secrets, SHAPED["slack"]] if s.encode() in data + raws]
     assert leaked == []

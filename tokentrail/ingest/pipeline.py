@@ -166,6 +166,10 @@ class Pipeline:
         if len(raw) > MAX_DEAD_LETTER_BYTES:
             reason += f" (raw kept: first {MAX_DEAD_LETTER_BYTES} of {len(raw)} bytes)"
             raw = raw[:MAX_DEAD_LETTER_BYTES]
+        scrubbed = self.decoder.scrub(raw)
+        if scrubbed is not None:
+            reason += " (secrets in raw hashed)"
+            raw = scrubbed
         batch.reject(reason, raw, partition, position)
 
     def write(self, batch: Batch) -> BatchResult:
