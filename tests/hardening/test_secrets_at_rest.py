@@ -68,9 +68,8 @@ def events() -> list[dict[str, object]]:
     return found
 
 
-def test_no_secret_reaches_the_duckdb_file_or_its_wal(tmp_path: Path) -> None:
-    source = write_events(tmp_path / "secrets.jsonl", events())
-    db = tmp_path / "secrets.duckdb"
+def ingest(source: Path, db: Path) -> subprocess.CompletedProcess[str]:
+    """The real command, as an operator runs it."""
     result = subprocess.run(
         [TOKENTRAIL, "ingest", str(source), "--db", str(db)],
         capture_output=True,
@@ -79,6 +78,13 @@ def test_no_secret_reaches_the_duckdb_file_or_its_wal(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_no_secret_reaches_the_duckdb_file_or_its_wal(tmp_path: Path) -> None:
+    source = write_events(tmp_path / "secrets.jsonl", events())
+    db = tmp_path / "secrets.duckdb"
+    result = ingest(source, db)
     assert f"{len(events())} records" in result.stderr
 
     with duckdb.connect(str(db), read_only=True) as conn:
@@ -118,14 +124,7 @@ def test_rejected_inputs_are_dead_lettered_with_their_secrets_hashed(tmp_path: P
     source = tmp_path / "rejected.jsonl"
     source.write_bytes(b"\n".join(lines) + b"\n")
     db = tmp_path / "rejected.duckdb"
-    result = subprocess.run(
-        [TOKENTRAIL, "ingest", str(source), "--db", str(db)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    ingest(source, db)
 
     with duckdb.connect(str(db), read_only=True) as conn:
         letters = conn.execute("SELECT reason, raw FROM dead_letters ORDER BY position").fetchall()
