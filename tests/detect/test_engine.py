@@ -18,7 +18,7 @@ from tokentrail.detect.registry import DETECTORS
 from tokentrail.detect.rules import parse_rules
 from tokentrail.ingest.pipeline import Pipeline
 from tokentrail.store import BatchResult, Store
-from tokentrail.store.alerts import list_alerts
+from tokentrail.store.alerts import list_alerts, set_status, superseded_alerts
 
 HOUR_MS = 3_600_000
 SVC = "spiffe://prod/ns/billing/sa/invoicer"
@@ -57,6 +57,7 @@ def comparable(store: Store) -> list[tuple[Any, ...]]:
             a.status,
         )
         for a in list_alerts(store.conn)
+        if a.alert_id not in superseded_alerts(store.conn)  # closed, in place of another
     )
 
 
@@ -290,3 +291,113 @@ def test_a_failed_pass_is_one_log_line_and_ingestion_goes_on(
     assert error.exc_info is None
     assert any(r.levelname == "DEBUG" and r.exc_info for r in caplog.records)
     assert engine.totals.errors == {"engine": 1}
+
+
+def _shared_token_world() -> list[dict[str, Any]]:
+    """A personal access token pasted into three workloads (one identity each, so three Kafka
+    partitions), next to a busy service whose traffic moves the watermark on."""
+    pat = {"kind": "personal-access-token"}  # no expiry: a lifetime finding on its first use
+    users = [
+        ("spiffe://dev/ns/inventory/sa/inventory-api", "dev", "10.40.0.6", 10),
+        ("spiffe://prod/ns/analytics/sa/reports-worker", "prod", "10.20.0.13", 14),
+        ("spiffe://staging/ns/notifications/sa/notifications", "staging", "10.30.0.8", 16),
+    ]
+    events = [
+        call(ts=T0_MS + m * 60_000, token_id="tok-busy", source_ip="10.0.0.1", event_id=f"b-{m}")
+        for m in range(0, 180, 3)
+    ]
+    for identity, env, ip, start in users:
+        name = identity.rsplit("/", 1)[1]
+        events += [
+            call(
+                ts=T0_MS + (start + 20 * n) * 60_000,
+                event_id=f"{name}-{n}",
+                token_id="pat-1",
+                identity=identity,
+                source=name,
+                environment=env,
+                source_ip=ip,
+                target="orders-api",
+                **({"token": pat} if n == 0 else {}),
+            )
+            for n in range(8)
+        ]
+    # A token idle for 40 days, then picked up by two other workloads: dormancy is judged on the
+    # use right after the gap, whichever partition brings it.
+    for n, (identity, env, ip, _) in enumerate(users[1:], start=1):
+        events.append(
+            call(
+                ts=T0_MS + (18 + 2 * n) * 60_000,
+                event_id=f"old-{n}",
+                token_id="tok-old",
+                identity=identity,
+                environment=env,
+                source_ip=ip,
+            )
+        )
+    events.append(call(ts=T0_MS - 40 * 86_400_000, event_id="old-0", token_id="tok-old"))
+    return events
+
+
+def _partitions(events: list[dict[str, Any]], *ahead: str) -> list[dict[str, Any]]:
+    """The events as a consumer reads a topic keyed by identity when the partitions of the
+    identities named in `ahead` are read first, one after the other, and the others lag by
+    hours: each identity's events stay in order, across identities they do not."""
+    parts = [[e for e in events if name in e["identity"]] for name in ahead]
+    rest = [e for e in events if not any(name in e["identity"] for name in ahead)]
+    return [e for part in [*parts, rest] for e in sorted(part, key=lambda e: e["ts"])]
+
+
+@pytest.mark.parametrize(
+    ("ahead", "size"),
+    [
+        # The token's last user read first: its first use comes late.
+        pytest.param(("notifications",), 8, id="last-user-ahead"),
+        # The middle one: an earlier use and a later one come late.
+        pytest.param(("reports-worker",), 8, id="middle-user-ahead"),
+        pytest.param(("notifications", "reports-worker"), 5, id="two-ahead"),
+        # Late events, but the token's uses in order among themselves.
+        pytest.param(("invoicer",), 9, id="other-identity-ahead"),
+    ],
+)
+def test_first_use_findings_do_not_depend_on_partition_order(
+    tmp_path: Path, ahead: tuple[str, ...], size: int
+) -> None:
+    events = _shared_token_world()
+    in_order = sorted(events, key=lambda e: (e["ts"], e["event_id"]))
+    stores = []
+    for name, order, batch in (("sorted", in_order, len(events)),
+                               ("skewed", _partitions(events, *ahead), size)):  # fmt: skip
+        store = Store.open(tmp_path / f"{name}.duckdb")
+        engine = Detection(store)
+        feed(store, engine, lines_of(order), batch)
+        stores.append((store, engine))
+    (reference, _), (skewed, engine) = stores
+    expected = comparable(reference)
+    assert {a[2] for a in expected} >= {"pat-1", "pat-1|ttl", "tok-old", "tok-old|dormant"}
+    assert engine.totals.late > 0  # the lagging partitions were processed late
+    assert comparable(skewed) == expected
+
+
+def test_a_re_decided_alert_keeps_its_triage(tmp_path: Path) -> None:
+    order = _partitions(_shared_token_world(), "notifications")
+    store = Store.open(tmp_path / "t.duckdb")
+    engine = Detection(store)
+    feed(store, engine, lines_of(order[:8]), 8)  # only the notifications partition so far
+    (ttl,) = [a for a in list_alerts(store.conn) if a.dedupe_key == "pat-1|ttl"]
+    assert ttl.event_ids == ["notifications-0"]
+    set_status(store.conn, alert_id=ttl.alert_id, status="acknowledged")
+    feed(store, engine, lines_of(order[8:]), 8)  # the lagging partitions, inventory's first use
+    first = ttl.alert_id
+    superseded = superseded_alerts(store.conn)
+    (ttl,) = [
+        a
+        for a in list_alerts(store.conn)
+        if a.dedupe_key == "pat-1|ttl" and a.alert_id not in superseded
+    ]
+    assert ttl.event_ids == ["inventory-api-0"]
+    assert ttl.status == "acknowledged"
+    # The alert an analyst saw first is closed, not gone: sinks and the history say why.
+    assert first != ttl.alert_id and first in superseded
+    (old,) = [a for a in list_alerts(store.conn) if a.alert_id == first]
+    assert old.status == "closed"

@@ -15,6 +15,7 @@ the same alerts whatever the batching.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -168,17 +169,22 @@ class Detection:
         if not window.events:
             sql.drop_window(conn)
             return result
+        per_token = {d.id for d in self.detectors if d.per_token}
+        # Read before `learn` folds the window in: which tokens got a use older than one that
+        # was processed already (only late events can be).
+        reordered = sql.reordered_tokens(conn) if emit and window.late and per_token else []
         errors: list[tuple[str, str]] = []
         findings: list[Finding] = []
         last = (window.last_us or 0, window.last_event_id or "")
         mark = max((after.ts_us, after.event_id), last)
         lifetime = next((d for d in self.detectors if d.id == "lifetime"), None)
+        dormant_us = int(getattr(lifetime, "dormant_days", 30.0) * 86_400 * US_PER_SECOND)
         with sql.catalog_tables(conn, catalog=self.catalog, tasks=self.rules.tasks):
             calls = sql.annotate(
                 conn,
                 default_sensitivity=float(self.catalog.score.default_sensitivity),
                 max_ttl_us=int(getattr(lifetime, "max_ttl_days", 90.0) * 86_400 * US_PER_SECOND),
-                dormant_us=int(getattr(lifetime, "dormant_days", 30.0) * 86_400 * US_PER_SECOND),
+                dormant_us=dormant_us,
                 pivot_window_us=2 * US_PER_HOUR,
             )
             result.candidates = len(calls)
@@ -187,6 +193,12 @@ class Detection:
                 findings += self._custom(errors)
                 if self.anomaly is not None:
                     findings += self._anomaly(after.ts_us, mark[0], errors)
+        if reordered:
+            # Decided again over all of these tokens' uses once the window is learned.
+            skip = set(reordered)
+            findings = [
+                f for f in findings if f.detector not in per_token or f.token_id not in skip
+            ]
         result.findings = len(findings)
         alerts, created = self._merge(findings)
         result.alerts_new = created
@@ -196,6 +208,10 @@ class Detection:
         try:
             sql.learn(conn)
             sql.upsert_alerts(conn, alerts=alerts)
+            if reordered:
+                new, updated = self._redecide(reordered, mark, dormant_us, errors)
+                result.alerts_new += new
+                result.alerts_updated += updated
             sql.save_progress(
                 conn,
                 ts_us=mark[0],
@@ -250,14 +266,85 @@ class Detection:
 
     # --- alerts --------------------------------------------------------------------------------
 
-    def _merge(self, findings: list[Finding]) -> tuple[list[AlertRow], int]:
+    def _redecide(
+        self,
+        tokens: list[str],
+        mark: tuple[int, str],
+        dormant_us: int,
+        errors: list[tuple[str, str]],
+    ) -> tuple[int, int]:
+        """Decide the per-token findings of `tokens` again by event time over all their
+        processed uses, and put the alerts an in-order read gives (ids, first events, counts,
+        evidence) in place of the ones arrival order gave. Returns (new, updated) alerts."""
+        conn = self.store.conn
+        with sql.catalog_tables(conn, catalog=self.catalog, tasks=self.rules.tasks):
+            calls = sql.redecide(
+                conn,
+                tokens=tokens,
+                mark_us=mark[0],
+                mark_id=mark[1],
+                default_sensitivity=float(self.catalog.score.default_sensitivity),
+                dormant_us=dormant_us,
+            )
+        findings: list[Finding] = []
+        decided: list[str] = []
+        for detector in self.detectors:
+            if not detector.per_token:
+                continue
+            try:
+                findings.extend(detector.detect(calls))
+            except Exception as exc:  # its alerts on these tokens stay as they were
+                log.exception(
+                    "detector %s failed deciding %d tokens again", detector.id, len(tokens)
+                )
+                errors.append((detector.id, f"{type(exc).__name__}: {exc}"))
+                continue
+            decided.append(detector.id)
+        if not decided:
+            return 0, 0
+        rebuilt, _ = self._merge(findings, current={})
+        old = {a.alert_id: a for a in sql.token_alerts(conn, tokens=tokens, detectors=decided)}
+        fresh = {a.alert_id for a in rebuilt}
+        gone = [a for a in old.values() if a.alert_id not in fresh]
+        # Triage is kept: a replaced alert that was acknowledged or closed passes its status to
+        # the new alert of the same key that starts nearest to it.
+        carried: dict[str, str] = {}
+        for a in gone:
+            heirs = [
+                b
+                for b in rebuilt
+                if b.alert_id not in old
+                and (b.detector, b.dedupe_key) == (a.detector, a.dedupe_key)
+            ]
+            if a.status in ("acknowledged", "closed") and heirs:
+                heir = min(
+                    heirs, key=lambda b: (abs(b.first_seen_us - a.first_seen_us), b.alert_id)
+                )
+                carried.setdefault(heir.alert_id, a.status)
+        # Only what changed is written: an unchanged alert keeps its version (sinks, API), an
+        # updated one its status (the upsert does not touch it).
+        changed = [
+            b._replace(status=carried.get(b.alert_id, b.status))
+            for b in rebuilt
+            if b.alert_id not in old or _content(old[b.alert_id]) != _content(b)
+        ]
+        sql.supersede_alerts(conn, alert_ids=[a.alert_id for a in gone])
+        sql.upsert_alerts(conn, alerts=changed)
+        new = sum(1 for b in changed if b.alert_id not in old)
+        return new, len(changed) - new
+
+    def _merge(
+        self, findings: list[Finding], current: dict[tuple[str, str], AlertRow] | None = None
+    ) -> tuple[list[AlertRow], int]:
         """Fold findings, in event-time order, into the open alert of their key (or a new one
-        when there is none, or its last finding is older than the dedupe window)."""
+        when there is none, or its last finding is older than the dedupe window); `current`
+        replaces the stored open alerts (empty: build the alerts from these findings alone)."""
         if not findings:
             return [], 0
         findings.sort(key=lambda f: (f.ts_us, f.event_ids[0] if f.event_ids else "", f.detector))
         keys = sorted({(f.detector, f.key) for f in findings})
-        current = sql.open_alerts(self.store.conn, keys=keys)
+        if current is None:
+            current = sql.open_alerts(self.store.conn, keys=keys)
         changed: dict[str, AlertRow] = {}
         created: set[str] = set()
         for f in findings:
@@ -352,6 +439,15 @@ def _one_line(exc: Exception) -> str:
     return text
 
 
+def _content(alert: AlertRow) -> tuple[Any, ...]:
+    """What detection decides of an alert (not its triage status)."""
+    return (
+        *alert[: alert._fields.index("evidence")],
+        json.dumps(alert.evidence, sort_keys=True),
+        *alert[alert._fields.index("mitre") : alert._fields.index("status")],
+    )
+
+
 def _severity(value: str) -> Severity:
     for s in SEVERITIES:
         if s == value:
@@ -360,15 +456,22 @@ def _severity(value: str) -> Severity:
 
 
 def _union(old: list[Any], new: Iterable[Any]) -> list[Any]:
+    # Entries compared as canonical JSON: `old` may come back from the store, where objects
+    # were saved with sorted keys, and a repr would then tell apart equal path steps.
     out = list(old)
-    seen = {repr(v) for v in out}
+    seen = {_canonical(v) for v in out}
     for v in new:
         if len(out) >= _EVIDENCE_LIST_CAP:
             break
-        if repr(v) not in seen:
-            seen.add(repr(v))
+        key = _canonical(v)
+        if key not in seen:
+            seen.add(key)
             out.append(v)
     return out
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 def _finish(alert: AlertRow, finding_score: float) -> AlertRow:

@@ -27,6 +27,7 @@ class Lifetime(Detector):
     severity: ClassVar[Severity] = "high"
     mitre = ("T1550.001", "T1078.004")
     owasp_nhi = ("NHI7", "NHI1")
+    per_token = True
     runbook = (
         "Expired use: revoke at the resource, and fix the service that accepted it. Long or no"
         " expiry: rotate to short-lived credentials. Dormant: confirm the owner still needs it."

@@ -206,6 +206,11 @@ class Detector(ABC):
     owasp_nhi: ClassVar[tuple[str, ...]]
     runbook: ClassVar[str]
     examples: ClassVar[tuple[Example, ...]]
+    # Its findings on a token stand on the token's other uses (its first use, the first use of
+    # each address or identity, the previous use), which a topic keyed by identity spreads over
+    # partitions: the engine decides them again by event time when an earlier use arrives late.
+    # Such a detector reads only token annotations and the call's own fields and score.
+    per_token: ClassVar[bool] = False
 
     # Blast radius weights (from the catalog) and the warm-up (from the engine settings).
     weights: dict[str, float]

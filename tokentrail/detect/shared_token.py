@@ -26,6 +26,7 @@ class SharedToken(Detector):
     severity: ClassVar[Severity] = "high"
     mitre = ("T1078.004", "T1552.001")
     owasp_nhi = ("NHI9", "NHI8")
+    per_token = True
     runbook = (
         "Issue each workload its own credential, then revoke the shared one; find where it is"
         " pasted (config, secrets, images)."

@@ -27,6 +27,7 @@ class TokenReplay(Detector):
     severity: ClassVar[Severity] = "high"
     mitre = ("T1550.001", "T1078.004")
     owasp_nhi = ("NHI2",)
+    per_token = True
     runbook = (
         "Revoke the token now; find where it leaked (logs, images, CI output) from its first"
         " source, and review what the new source reached."

@@ -490,6 +490,10 @@ def annotate(
             },
         ).fetchall():
             paths.setdefault(step[0], []).append(Step(*step[1:]))
+    return _calls(rows, paths)
+
+
+def _calls(rows: list[tuple[Any, ...]], paths: dict[str, list[Step]]) -> list[Call]:
     calls = []
     for row in rows:
         values = list(row)
@@ -498,6 +502,125 @@ def annotate(
         values[31] = tuple(values[31]) if values[31] is not None else None  # parent scopes
         calls.append(Call._make([*values, tuple(paths.get(row[0], ()))]))
     return calls
+
+
+# --- tokens used out of order ------------------------------------------------------------------
+
+# Tokens of which the window holds a late use at or before a use already processed. The topic
+# is keyed by identity, so only a token used by several identities (several partitions) gets
+# here: which of its uses came first was decided in the order they were read.
+_REORDERED: Final = """
+SELECT DISTINCT w.token_id FROM detect_window w
+JOIN detect_subjects s ON s.kind = 'token' AND s.subject = w.token_id
+WHERE w.late AND s.last_seen >= w.ts
+ORDER BY 1
+"""
+
+
+def reordered_tokens(conn: duckdb.DuckDBPyConnection) -> list[str]:
+    """Tokens whose per-token findings must be decided again (run before `learn`)."""
+    return [str(r[0]) for r in conn.execute(_REORDERED).fetchall()]
+
+
+# The uses of `tt_redo_tokens` that per-token findings can stand on, annotated by event time over
+# every processed use (after `learn`, so the baselines hold the window): the token's first use,
+# the first use of each value of its facets (`detect_seen` keeps the earliest), uses after a
+# dormant gap (the previous use by event time), uses after the declared expiry. Everything else
+# as `_ANNOTATE` has it; no lineage (no per-token detector reads it).
+_REDECIDE: Final = """
+CREATE OR REPLACE TEMP TABLE detect_redo AS
+WITH uses AS (
+    SELECT e.event_id, e.ts, e.token_id, e.identity, e.source, e.target, e.operation,
+           coalesce(e.scope, '') AS scope, e.outcome, e.status, e.trace_id, e.environment,
+           e.identity_kind, e.resource, e.source_ip, e.user_agent, e.bytes_out, e.task_id,
+           e.attributes ->> '$.task_kind' AS task_kind, e.actor,
+           lag(e.ts) OVER (PARTITION BY e.token_id ORDER BY e.ts, e.event_id) AS token_prev
+    FROM events e SEMI JOIN tt_redo_tokens t ON t.token_id = e.token_id
+), firsts AS (
+    SELECT first_event_id AS event_id, list(facet ORDER BY facet) AS novel_all
+    FROM detect_seen s SEMI JOIN tt_redo_tokens t ON t.token_id = s.subject
+    WHERE facet IN ('token_ip', 'token_identity', 'token_source', 'token_env')
+    GROUP BY ALL
+), w AS (
+    SELECT u.*, f.novel_all, u.event_id = ti.first_event_id AS token_first,
+           CASE WHEN tm.meta_ts <= u.ts THEN tm.kind END AS t_kind,
+           CASE WHEN tm.meta_ts <= u.ts THEN tm.scopes END AS t_scopes,
+           CASE WHEN tm.meta_ts <= u.ts THEN tm.issued_at END AS t_issued,
+           CASE WHEN tm.meta_ts <= u.ts THEN tm.expires_at END AS t_expires,
+           CASE WHEN tm.meta_ts <= u.ts THEN tm.parent_token_id END AS t_parent
+    FROM uses u
+    JOIN detect_subjects ti ON ti.kind = 'token' AND ti.subject = u.token_id
+    LEFT JOIN firsts f USING (event_id)
+    LEFT JOIN detect_tokens tm ON tm.token_id = u.token_id
+    WHERE u.ts < $mark_ts OR (u.ts = $mark_ts AND u.event_id <= $mark_id)
+), cand AS (
+    SELECT * FROM w
+    WHERE novel_all IS NOT NULL OR token_first OR w.ts - token_prev > $dormant
+       OR w.ts > t_expires
+), nth AS (
+    -- Events of each identity before each of its events: one sort, not a count per call.
+    SELECT event_id, row_number() OVER (PARTITION BY identity ORDER BY ts, event_id) - 1 AS n
+    FROM events SEMI JOIN (SELECT DISTINCT identity FROM cand) USING (identity)
+)
+SELECT c.* EXCLUDE (novel_all), false AS late,
+    coalesce(p.privilege, 'read') AS privilege,
+    CASE c.identity_kind WHEN 'ci' THEN 'build' WHEN 'agent' THEN 'agent'
+         ELSE 'runtime' END AS caller_class,
+    -- A token's own facets are not novel on its first use (as in _ANNOTATE).
+    CASE WHEN c.token_first THEN [] ELSE c.novel_all END AS novel,
+    CASE WHEN ps.meta_ts <= c.ts THEN ps.scopes END AS parent_scopes,
+    ii.first_seen AS identity_first, n.n AS identity_events,
+    tg.first_seen AS target_first,
+    coalesce(s.sensitivity, $default_sensitivity) AS sensitivity,
+    coalesce(s.environment, c.environment) AS target_env,
+    coalesce(pi.environment, ii.home) AS home_env,
+    pi.name IS NOT NULL OR pt.name IS NOT NULL AS declared,
+    CASE WHEN len(coalesce(pt.targets, pi.targets, [])) > 0
+         THEN list_contains(coalesce(pt.targets, pi.targets), c.target) END AS allowed_target,
+    CASE WHEN c.scope = '' THEN NULL
+         WHEN len(coalesce(pt.scopes, pi.scopes, [])) > 0
+         THEN list_contains(coalesce(pt.scopes, pi.scopes), c.scope) END AS allowed_scope,
+    CASE WHEN c.actor IS NOT NULL AND c.actor <> c.identity AND len(pa.targets) > 0
+         THEN list_contains(pa.targets, c.target) END AS actor_allowed_target
+FROM cand c
+JOIN nth n USING (event_id)
+LEFT JOIN operation_scopes p ON p.operation = c.operation AND p.scope = c.scope
+LEFT JOIN detect_tokens ps ON ps.token_id = c.t_parent
+LEFT JOIN detect_subjects ii ON ii.kind = 'identity' AND ii.subject = c.identity
+LEFT JOIN detect_subjects tg ON tg.kind = 'target' AND tg.subject = c.target
+LEFT JOIN tt_det_services s ON s.name = c.target
+LEFT JOIN tt_det_policies pi ON pi.name = c.identity AND pi.task_kind = ''
+LEFT JOIN tt_det_policies pt ON pt.name = c.identity AND pt.task_kind = c.task_kind
+LEFT JOIN tt_det_policies pa ON pa.name = c.actor AND pa.task_kind = ''
+"""
+
+
+def redecide(
+    conn: duckdb.DuckDBPyConnection,
+    *,
+    tokens: Sequence[str],
+    mark_us: int,
+    mark_id: str,
+    default_sensitivity: float,
+    dormant_us: int,
+) -> list[Call]:
+    """The calls per-token detectors need to decide `tokens` again, as an in-order read would
+    have annotated them: every processed use up to the mark (ts, event_id) that was the token's
+    first, the first of a facet value, after a dormant gap or after expiry. Needs
+    `catalog_tables` and baselines that already hold the pass's window."""
+    with registered(conn, tt_redo_tokens=pa.table({"token_id": pa.array(tokens, pa.string())})):
+        conn.execute(
+            _REDECIDE,
+            {
+                "mark_ts": utc(mark_us),
+                "mark_id": mark_id,
+                "default_sensitivity": default_sensitivity,
+                "dormant": _interval(dormant_us),
+            },
+        )
+    rows = conn.execute(f"SELECT {_CALL_COLUMNS} FROM detect_redo ORDER BY ts, event_id").fetchall()
+    conn.execute("DROP TABLE detect_redo")
+    return _calls(rows, {})
 
 
 def _interval(us: int) -> Any:
@@ -806,6 +929,53 @@ def _alert(row: tuple[Any, ...]) -> AlertRow:
     values = list(row)
     values[14] = json.loads(values[14]) if values[14] else {}
     return AlertRow(*values)
+
+
+def token_alerts(
+    conn: duckdb.DuckDBPyConnection, *, tokens: Sequence[str], detectors: Sequence[str]
+) -> list[AlertRow]:
+    """Every alert (any status) of these detectors on these tokens, but those superseded."""
+    rows = conn.execute(
+        f"SELECT {_ALERT_COLUMNS} FROM alerts"
+        " WHERE list_contains($tokens, token_id) AND list_contains($detectors, detector)"
+        f" AND alert_id NOT IN ({_SUPERSEDED}) ORDER BY alert_id",
+        {"tokens": list(tokens), "detectors": list(detectors)},
+    ).fetchall()
+    return [_alert(r) for r in rows]
+
+
+# The history note of an alert closed because re-deciding its token, in event time, gave
+# another alert in its place (docs/DETECTORS.md, late events).
+SUPERSEDED_NOTE: Final = "superseded: late events re-decided this finding in event-time order"
+_SUPERSEDED: Final = (
+    f"SELECT alert_id FROM alert_history WHERE actor = 'tokentrail' AND note = '{SUPERSEDED_NOTE}'"
+)
+
+
+def supersede_alerts(conn: duckdb.DuckDBPyConnection, *, alert_ids: Sequence[str]) -> None:
+    """Close alerts an in-order read would not have raised, with a note in their history.
+
+    Not deleted: a SIEM sink or an analyst may hold them already; the closing is a new version
+    that sinks deliver, and the history says why.
+    """
+    if not alert_ids:
+        return
+    ids = {"ids": list(alert_ids)}
+    conn.execute(
+        "INSERT INTO alert_history SELECT alert_id, now(), NULL, 'tokentrail', status, 'closed',"
+        " NULL, NULL, $note FROM alerts WHERE list_contains($ids, alert_id)",
+        ids | {"note": SUPERSEDED_NOTE},
+    )
+    conn.execute(
+        "UPDATE alerts SET status = 'closed', updated_at = now()"
+        " WHERE list_contains($ids, alert_id)",
+        ids,
+    )
+
+
+def superseded_alerts(conn: duckdb.DuckDBPyConnection) -> set[str]:
+    """Ids of the alerts closed by `supersede_alerts`."""
+    return {str(r[0]) for r in conn.execute(_SUPERSEDED).fetchall()}
 
 
 def open_alerts(
