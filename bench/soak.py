@@ -53,10 +53,11 @@ OPERATIONS = ["GET /v1/items", "POST /v1/items", "GET /v1/items/{id}", "DELETE /
 WORKLOADS = 400
 
 
-def events(seed: int = 1) -> Iterator[tuple[bytes, bytes, str]]:
+def events(seed: int = 1, spacing_ms: int = 50) -> Iterator[tuple[bytes, bytes, str]]:
     """An endless stream of (key, event, trace_id): 400 workloads with their own few targets and
     rotating tokens; one call in 2,000 reaches a target new to its workload, so the novelty
-    detectors keep finding something once the baselines are warm."""
+    detectors keep finding something once the baselines are warm. Calls are `spacing_ms` apart
+    in event time: at 50 ms, a few million events span days, past the detectors' warm-up."""
     rng = random.Random(seed)
     targets = [rng.sample(SERVICES, rng.randrange(2, 7)) for _ in range(WORKLOADS)]
     encode = msgspec.json.Encoder().encode
@@ -68,7 +69,7 @@ def events(seed: int = 1) -> Iterator[tuple[bytes, bytes, str]]:
         trace_id = f"{rng.getrandbits(128):032x}"
         event = {
             "event_id": f"soak-{seed}-{i:010d}",
-            "ts": T0_MS + i * 5,
+            "ts": T0_MS + i * spacing_ms,
             "token_id": f"tok-{w}-{i // 200_000}",
             "identity": identity,
             "source": SERVICES[w % len(SERVICES)],
@@ -231,6 +232,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, help="events/s (default: measured, see --load)")
     parser.add_argument("--calibrate", type=float, default=45.0, help="seconds flat out")
     parser.add_argument("--load", type=float, default=0.8, help="fraction of the ceiling")
+    parser.add_argument(
+        "--spacing-ms", type=int, default=50, help="event time between two calls (ms)"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="tokentrail-soak-") as work:
@@ -268,7 +272,7 @@ def run(
 ) -> None:
     ready = lambda: httpx.get(f"{base}/readyz", timeout=5).status_code == 200  # noqa: E731
     wait_until(ready, 120, "the consumer did not get ready")
-    stream = events()
+    stream = events(spacing_ms=args.spacing_ms)
     rate = args.rate
     if rate is None:
         producer = Producer(broker.bootstrap, "soak").start(stream)
