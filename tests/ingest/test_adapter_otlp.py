@@ -252,6 +252,9 @@ def test_an_unusable_request_raises_with_a_reason_naming_the_format() -> None:
         ({"http.response.status_code": 503}, {}, "error"),
         ({}, {"code": "STATUS_CODE_ERROR", "message": "boom"}, "error"),
         ({"http.response.status_code": 404}, {"code": 1}, "success"),
+        # A status code that is not a number says nothing; the span still maps.
+        ({"rpc.grpc.status_code": [16]}, {}, "success"),
+        ({"rpc.grpc.status_code": "PERMISSION_DENIED"}, {}, "success"),
     ],
 )
 def test_outcome_comes_from_http_grpc_and_span_status(

@@ -117,7 +117,7 @@ def rfc3339(micros: int) -> str:
         prefix = _SECONDS[seconds] = (EPOCH + timedelta(seconds=seconds)).strftime(
             "%Y-%m-%dT%H:%M:%S"
         )
-    return f"{prefix}.{fraction:06d}Z"
+    return "%s.%06dZ" % (prefix, fraction)  # noqa: UP031 (once per event: cheaper than format())
 
 
 _SECONDS: dict[int, str] = {}
@@ -146,15 +146,32 @@ class Picker:
                 table.setdefault(name, []).append((field, rank))
         self._table = {name: tuple(places) for name, places in table.items()}
         self._names = frozenset(table)
+        self._plans: dict[tuple[str, ...], _Plan] = {}
 
     def pick(self, *maps: Mapping[str, Any]) -> dict[str, str]:
+        if len(maps) == 1:
+            return self._pick(maps[0], {})
         found: dict[str, str] = {}
-        ranks: dict[str, int] = {}
-        table = self._table
-        # Called once per span: the loop stays in locals, and a map's rank offset is hoisted.
-        for order, values in enumerate(maps):
-            offset = order << 16
-            for name in self._names.intersection(values):
+        for values in maps:
+            for field, value in self._pick(values, {}).items():
+                found.setdefault(field, value)  # an earlier map wins, whatever the rank
+        return found
+
+    def pick_over(self, found: Mapping[str, str], values: Mapping[str, Any]) -> dict[str, str]:
+        """`found` (picked from a later map) with the fields `values` gives replaced or added:
+        `found | pick(values)` without the second dict."""
+        return self._pick(values, dict(found))
+
+    def _pick(self, values: Mapping[str, Any], found: dict[str, str]) -> dict[str, str]:
+        # Called once per span. Spans of one instrumentation carry the same attribute names, so
+        # which names may give which field, best first, is worked out once per list of names
+        # (a plan); a pick then only reads those values, the first usable one per field wins.
+        names = tuple(values)
+        plan = self._plans.get(names)
+        if plan is None:
+            plan = self._plan(names)
+        for field, candidates in plan:
+            for name in candidates:
                 value = values[name]
                 if value.__class__ is not str:
                     if value is None:
@@ -162,15 +179,31 @@ class Picker:
                     value = str(value)
                 if not value or value.isspace():
                     continue
-                for field, rank in table[name]:
-                    rank += offset
-                    if rank < ranks.get(field, _UNRANKED):
-                        ranks[field] = rank
-                        found[field] = value
+                found[field] = value
+                break
         return found
 
+    def _plan(self, names: tuple[str, ...]) -> _Plan:
+        ranked: dict[str, dict[str, int]] = {}
+        for name in self._names.intersection(names):
+            for field, rank in self._table[name]:
+                best = ranked.setdefault(field, {})
+                best[name] = min(rank, best.get(name, rank))
+        plan = tuple(
+            (field, tuple(sorted(best, key=best.__getitem__))) for field, best in ranked.items()
+        )
+        # Kept only for the usual few short names: odd inputs must not fill memory with theirs.
+        if len(names) <= 64 and sum(map(len, names)) <= 4096:
+            if len(self._plans) >= _PLANS:
+                self._plans.clear()
+            self._plans[names] = plan
+        return plan
 
-_UNRANKED: Final = 1 << 30
+
+# Which names to read per field, in order of preference.
+_Plan = tuple[tuple[str, tuple[str, ...]], ...]
+# Plans kept per picker (each input with names of its own adds one).
+_PLANS: Final = 1024
 
 
 def configured_fields(settings: AdapterSettings) -> dict[str, Sequence[str]]:
