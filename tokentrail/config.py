@@ -173,10 +173,13 @@ class DuckDBSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # A DuckDB size ("256MB", "1GB"), or None for DuckDB's default (80% of RAM). It bounds the
-    # buffer pool only: an ingest process needs ~300 MB more. Primary-key indexes cannot spill,
-    # and the one on `traces` grows by ~100 bytes a trace, so a fixed limit fails an ingest once
-    # the store outgrows it (128MB: at ~850k single-span traces); hence no limit by default.
-    memory_limit: str | None = Field(default=None, pattern=r"(?i)^\s*\d+(\.\d+)?\s*[KMGT]i?B\s*$")
+    # buffer pool only: an ingest process needs ~300 MB more. Bounded by default so an ingest
+    # does not grow with the store: since `traces` lost its primary key (schema version 9) no
+    # index that grows per event has to fit in it (docs/PERFORMANCE.md, issue #2). Not 128MB:
+    # detection's pass over a simulated day (tests/incident.py) runs out of memory under it.
+    memory_limit: str | None = Field(
+        default="192MB", pattern=r"(?i)^\s*\d+(\.\d+)?\s*[KMGT]i?B\s*$"
+    )
     # Where spilled data goes; by default `<db file>.tmp`, next to the database.
     temp_directory: str | None = None
 

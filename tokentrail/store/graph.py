@@ -123,6 +123,35 @@ CREATE TABLE blast_scores (
 DELETE FROM blast_state;
 """
 
+
+def trace_key(trace_id: str) -> str:
+    """SQL for the `trace_key` of the trace id expression `trace_id` (version 9): 64 bits of its
+    md5, stable across DuckDB versions (unlike `hash`). `traces` has no index: finding a trace
+    scans this 8-byte column (~6x faster than comparing the id string of every row), and then
+    the strings of the rows whose key matched."""
+    return f"md5_number_lower({trace_id})"
+
+
+# Version 9: `traces` without its primary key. DuckDB's ART indexes cannot spill to disk, and
+# each batch's merge of random trace ids loaded most of that index back into memory (~100 bytes
+# a trace): an ingest grew with the store and failed under any fixed `memory_limit` (128MB: at
+# ~850k single-span traces). Rows are merged by `merge_graph` with an anti-join and an update
+# instead, and found by `trace_key`.
+TRACES_WITHOUT_KEY: Final = f"""
+CREATE TABLE traces_v9 (
+    trace_id   VARCHAR NOT NULL,
+    first_seen TIMESTAMPTZ NOT NULL,
+    last_seen  TIMESTAMPTZ NOT NULL,
+    events     BIGINT NOT NULL,
+    trace_key  UBIGINT NOT NULL     -- {trace_key("trace_id")}
+);
+INSERT INTO traces_v9
+SELECT trace_id, first_seen, last_seen, events, {trace_key("trace_id")} FROM traces;
+DROP TABLE traces;
+ALTER TABLE traces_v9 RENAME TO traces;
+"""
+
+
 # Migration 7: the service graph that path searches walk, kept per batch by `merge_graph`.
 HOP_TABLES: Final = """
 -- `source` held a token (made a call with it) and that token, or one derived from it at most
@@ -156,17 +185,32 @@ MAX_LINEAGE_DEPTH: Final = 32
 # --- per-batch maintenance -------------------------------------------------------------------
 
 # Traces the batch touched, and whether the store had seen them before (then their older events
-# take part in the recomputation, so late spans link to what was there).
-_TOUCHED: Final = """
+# take part in the recomputation, so late spans link to what was there), with the stored row's
+# id to update. Stored rows are found by key first, then read by row id: a join on the strings
+# would read every stored id each batch.
+_TOUCHED: Final = f"""
 CREATE OR REPLACE TEMP TABLE graph_touched AS
 WITH batch AS (
-    SELECT trace_id, min(ts) AS lo, max(ts) AS hi, count(*) AS n
-    FROM {new_events} WHERE trace_id IS NOT NULL GROUP BY trace_id
-)
-SELECT b.trace_id, t.trace_id IS NOT NULL AS known,
-       least(b.lo, coalesce(t.first_seen, b.lo)) AS lo,
-       greatest(b.hi, coalesce(t.last_seen, b.hi)) AS hi, b.n
-FROM batch b LEFT JOIN traces t USING (trace_id)
+    SELECT trace_id, {trace_key("trace_id")} AS trace_key, min(ts) AS lo, max(ts) AS hi,
+           count(*) AS n
+    FROM {{new_events}} WHERE trace_id IS NOT NULL GROUP BY trace_id
+), stored AS ({{stored}})
+SELECT b.trace_id, b.trace_key, s.rid, s.rid IS NOT NULL AS known,
+       least(b.lo, coalesce(s.first_seen, b.lo)) AS lo,
+       greatest(b.hi, coalesce(s.last_seen, b.hi)) AS hi, b.n
+FROM batch b LEFT JOIN stored s USING (trace_id)
+"""
+
+_STORED_TRACES: Final = """
+    SELECT rowid AS rid, trace_id, first_seen, last_seen FROM traces
+    WHERE rowid IN (SELECT t.rowid FROM traces t JOIN batch b USING (trace_key))
+"""
+
+# Migration 3's backfill: `traces` is still empty (and has no `trace_key` yet).
+_NO_STORED_TRACES: Final = """
+    SELECT CAST(NULL AS BIGINT) AS rid, CAST(NULL AS VARCHAR) AS trace_id,
+           CAST(NULL AS TIMESTAMPTZ) AS first_seen, CAST(NULL AS TIMESTAMPTZ) AS last_seen
+    WHERE false
 """
 
 # A hop of a chain; spans without `span_id` get a key of their own (they cannot be parents).
@@ -227,12 +271,23 @@ ON CONFLICT DO UPDATE SET
     last_seen = greatest(chain_reach.last_seen, EXCLUDED.last_seen)
 """
 
-_MERGE_TRACES: Final = """
-INSERT INTO traces SELECT trace_id, lo, hi, n FROM graph_touched
-ON CONFLICT DO UPDATE SET
-    first_seen = least(traces.first_seen, EXCLUDED.first_seen),
-    last_seen = greatest(traces.last_seen, EXCLUDED.last_seen),
-    events = traces.events + EXCLUDED.events
+# `traces` has no key (version 9): new traces are appended, known ones updated by row id. One
+# writer merges at a time (`Store.write_batch`), so no two batches append the same trace.
+_NEW_TRACES: Final = """
+INSERT INTO traces (trace_id, first_seen, last_seen, events, trace_key)
+SELECT trace_id, lo, hi, n, trace_key FROM graph_touched WHERE NOT known
+"""
+
+_KNOWN_TRACES: Final = """
+UPDATE traces SET first_seen = g.lo, last_seen = g.hi, events = traces.events + g.n
+FROM graph_touched g WHERE g.known AND traces.rowid = g.rid
+"""
+
+# Migration 3's shape of `traces` (no `trace_key`), filled once from every stored event.
+V3_TRACES_BACKFILL: Final = """
+INSERT INTO traces
+SELECT trace_id, min(ts), max(ts), count(*) FROM events WHERE trace_id IS NOT NULL
+GROUP BY trace_id
 """
 
 # A call that minted a credential (token exchange, AssumeRole, GetSessionToken, CreateAccessKey)
@@ -328,18 +383,22 @@ def merge_service_hops(conn: duckdb.DuckDBPyConnection, *, new_events: str | Non
     conn.execute(_MERGE_HOPS.format(seeds=seeds))
 
 
-def merge_graph(conn: duckdb.DuckDBPyConnection, *, new_events: str, hops: bool = True) -> None:
+def merge_graph(
+    conn: duckdb.DuckDBPyConnection, *, new_events: str, hops: bool = True, traces: bool = True
+) -> None:
     """Fold the rows of relation `new_events` (already in `events`) into the graph tables.
 
     Called by `Store.write_batch` in the batch's transaction, after the events are inserted,
     and by migration 3 over all stored events (before `service_hops` exists: migration 7 fills
-    it, hence `hops=False` there).
+    it, hence `hops=False` there; its `traces` has migration 3's shape and is filled by the
+    migration itself, hence `traces=False`).
     """
     conn.execute(
         f"INSERT INTO meta VALUES ('{BATCH_KEY}', '1')"
         " ON CONFLICT DO UPDATE SET value = CAST(CAST(meta.value AS BIGINT) + 1 AS VARCHAR)"
     )
-    conn.execute(_TOUCHED.format(new_events=new_events))
+    stored = _STORED_TRACES if traces else _NO_STORED_TRACES
+    conn.execute(_TOUCHED.format(new_events=new_events, stored=stored))
     conn.execute(_HOPS.format(new_events=new_events))
     # fetchall, not fetchone: an unfinished result would block the registers that follow.
     [(lo, hi)] = conn.execute(
@@ -348,7 +407,10 @@ def merge_graph(conn: duckdb.DuckDBPyConnection, *, new_events: str, hops: bool 
     if lo is not None:
         conn.execute(_OLD_HOPS, [utc(lo), utc(hi)])
     conn.execute(_MERGE_CHAIN_REACH)
-    conn.execute(_MERGE_TRACES)
+    if traces:
+        conn.execute(_NEW_TRACES)
+        if lo is not None:
+            conn.execute(_KNOWN_TRACES)
     conn.execute(_MERGE_LINKS.format(new_events=new_events))
     _classify_operations(conn, new_events=new_events)
     conn.execute(_MARK_CHANGES.format(new_events=new_events))
@@ -409,19 +471,37 @@ _HOP_COLUMNS: Final = (
 
 def chain_hops(conn: duckdb.DuckDBPyConnection, *, trace_id: str) -> list[HopRow]:
     """Every stored event of a trace, oldest first (empty when the trace is unknown)."""
+    span = trace_span(conn, trace_id=trace_id)
+    return [] if span is None else trace_hops(conn, trace_id=trace_id, span=span)
+
+
+class TraceSpan(NamedTuple):
+    """A row of `traces`: where a trace lies in event time, and how many events it has."""
+
+    first_us: int
+    last_us: int
+    events: int
+
+
+def trace_span(conn: duckdb.DuckDBPyConnection, *, trace_id: str) -> TraceSpan | None:
+    """The span of a stored trace, or None when the trace is unknown."""
     found = conn.execute(
-        "SELECT epoch_us(first_seen), epoch_us(last_seen) FROM traces WHERE trace_id = ?",
-        [trace_id],
+        "SELECT epoch_us(first_seen), epoch_us(last_seen), events FROM traces"
+        f" WHERE trace_key = {trace_key('$trace')} AND trace_id = $trace",
+        {"trace": trace_id},
     ).fetchall()
-    if not found:
-        return []
-    span = found[0]
+    return TraceSpan(*found[0]) if found else None
+
+
+def trace_hops(conn: duckdb.DuckDBPyConnection, *, trace_id: str, span: TraceSpan) -> list[HopRow]:
+    """The stored events of a trace within its `span`, oldest first (then by event id)."""
     # Constant time bounds let DuckDB skip the row groups outside the trace (zone maps).
     rows = conn.execute(
-        f"SELECT {_HOP_COLUMNS} FROM events WHERE trace_id = ? AND ts BETWEEN ? AND ?"
-        " ORDER BY ts, event_id",
-        [trace_id, utc(span[0]), utc(span[1])],
+        f"SELECT {_HOP_COLUMNS} FROM events WHERE trace_id = ? AND ts BETWEEN ? AND ?",
+        [trace_id, utc(span.first_us), utc(span.last_us)],
     ).fetchall()
+    # Ordered here: an ORDER BY costs DuckDB ~1 ms of set-up however few the rows.
+    rows.sort(key=lambda r: (r[1], r[0]))
     return [HopRow(*row) for row in rows]
 
 
@@ -462,6 +542,17 @@ def token_rows(conn: duckdb.DuckDBPyConnection, *, token_ids: Sequence[str]) -> 
         [list(token_ids)],
     ).fetchall()
     return [TokenRow(*row) for row in rows]
+
+
+def token_scopes(
+    conn: duckdb.DuckDBPyConnection, *, token_ids: Sequence[str]
+) -> dict[str, list[str] | None]:
+    """Token id -> its registered scopes (None: not known), for the given tokens the store
+    knows. Two columns of `token_rows`, for chains: reading all fifteen costs ~2x."""
+    rows = conn.execute(
+        "SELECT token_id, scopes FROM tokens WHERE list_contains(?, token_id)", [list(token_ids)]
+    ).fetchall()
+    return {str(t): s for t, s in rows}
 
 
 def identity_token_ids(conn: duckdb.DuckDBPyConnection, *, identity: str) -> list[str]:

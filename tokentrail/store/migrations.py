@@ -18,7 +18,9 @@ from tokentrail.store.derived import merge_derived
 from tokentrail.store.graph import (
     GRAPH_TABLES,
     HOP_TABLES,
+    TRACES_WITHOUT_KEY,
     UNKEYED_SCORES,
+    V3_TRACES_BACKFILL,
     merge_graph,
     merge_service_hops,
 )
@@ -37,7 +39,9 @@ def _backfill_derived(conn: duckdb.DuckDBPyConnection) -> None:
 
 
 def _backfill_graph(conn: duckdb.DuckDBPyConnection) -> None:
-    merge_graph(conn, new_events="events", hops=False)
+    # `merge_graph` merges `traces` in its latest shape (version 9); version 3's is filled here.
+    merge_graph(conn, new_events="events", hops=False, traces=False)
+    conn.execute(V3_TRACES_BACKFILL)
 
 
 def _backfill_service_hops(conn: duckdb.DuckDBPyConnection) -> None:
@@ -154,6 +158,7 @@ MIGRATIONS: Final = (
     Migration(6, "sinks: delivery state per sink and alert", DELIVERY_TABLES),
     Migration(7, "graph: service_hops for path search", HOP_TABLES, _backfill_service_hops),
     Migration(8, "graph: blast_scores without a key", UNKEYED_SCORES),
+    Migration(9, "graph: traces without a key", TRACES_WITHOUT_KEY),
 )
 
 LATEST: Final = MIGRATIONS[-1].version
