@@ -25,6 +25,10 @@ class ApiSettings(BaseSettings):
     # Seconds a valid key is trusted without reading `api_keys` again (0: read every time); a key
     # revoked through the API is refused at once whatever this is.
     key_cache_s: float = Field(default=5.0, ge=0)
+    # Stored events kept in memory (tokentrail.api.cache; 0: none): evidence events of alerts
+    # (~2 KB each), and the events of traces read as chains (~1 KB an event).
+    evidence_cache: int = Field(default=10_000, ge=0)
+    trace_cache: int = Field(default=5_000, ge=0)
     # The request log is stored in one INSERT at most this many seconds apart.
     audit_flush_s: float = Field(default=1.0, gt=0)
     # Requests whose route code runs at once (threads); the rest wait their turn in order. With

@@ -11,6 +11,7 @@ import duckdb
 
 from tokentrail.api.audit import AuditLog
 from tokentrail.api.auth import KeyCache
+from tokentrail.api.cache import EventCache, HopCache
 from tokentrail.api.metrics import Metrics
 from tokentrail.api.settings import ApiSettings
 from tokentrail.catalog import Catalog
@@ -38,12 +39,16 @@ class ApiState:
     # The catalog's fingerprint in `blast_scores`, once a ranking has refreshed them.
     scores_fingerprint: str | None = None
     keys: KeyCache = field(init=False)
+    evidence: EventCache = field(init=False)
+    hops: HopCache = field(init=False)
     audit: AuditLog = field(init=False)
     _root: duckdb.DuckDBPyConnection | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.keys = KeyCache(ttl_s=self.settings.key_cache_s)
+        self.evidence = EventCache(self.settings.evidence_cache)
+        self.hops = HopCache(self.settings.trace_cache)
         # Not started: rows are stored as they come until the app's lifespan starts the thread.
         self.audit = AuditLog(self.cursor, every_s=self.settings.audit_flush_s)
 

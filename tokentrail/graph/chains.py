@@ -23,7 +23,13 @@ from typing import Final, Literal
 import duckdb
 
 from tokentrail.graph.model import Result, utc
-from tokentrail.store.graph import HopRow, chain_hops, descendant_pairs, edge_rows, token_rows
+from tokentrail.store.graph import (
+    HopRow,
+    chain_hops,
+    descendant_pairs,
+    edge_rows,
+    token_scopes,
+)
 
 Relation = Literal["broader", "narrower", "same", "different", "unknown"]
 
@@ -341,7 +347,7 @@ def store_comparison(conn: duckdb.DuckDBPyConnection, tokens: Iterable[str]) -> 
     """Compare tokens by their granted scopes, or by their observed direct reach when a grant is
     unknown; lineage says whether the new token was derived from the caller's."""
     wanted = sorted(set(tokens))
-    scopes = {t.token_id: set(t.scopes) for t in token_rows(conn, token_ids=wanted) if t.scopes}
+    scopes = {t: set(s) for t, s in token_scopes(conn, token_ids=wanted).items() if s}
     derived = descendant_pairs(conn, token_ids=wanted)
     reach: dict[str, set[str]] = {}
 
@@ -369,9 +375,13 @@ def store_comparison(conn: duckdb.DuckDBPyConnection, tokens: Iterable[str]) -> 
     return compare
 
 
-def load_chain(conn: duckdb.DuckDBPyConnection, *, trace_id: str) -> Chain:
-    """The chain of a trace as stored now (empty spans when the trace is unknown)."""
-    hops = chain_hops(conn, trace_id=trace_id)
+def load_chain(
+    conn: duckdb.DuckDBPyConnection, *, trace_id: str, hops: Sequence[HopRow] | None = None
+) -> Chain:
+    """The chain of a trace as stored now (empty spans when the trace is unknown); `hops`, when
+    given, are its stored events read already (the API keeps them: tokentrail.api.cache)."""
+    if hops is None:
+        hops = chain_hops(conn, trace_id=trace_id)
     tokens = {h.token_id for h in hops}
     compare = store_comparison(conn, tokens) if len(tokens) > 1 else _unknown
     return build_chain(trace_id, hops, compare)

@@ -15,7 +15,7 @@ import duckdb
 import pyarrow as pa
 
 from tokentrail.store.alerts import _ALERT_COLUMNS, AlertRow, _alert
-from tokentrail.store.graph import RankedToken
+from tokentrail.store.graph import RankedToken, utc
 from tokentrail.store.relations import registered
 
 API_TABLES: Final = """
@@ -403,18 +403,41 @@ def _events_from(
 
 
 def events_by_id(
-    conn: duckdb.DuckDBPyConnection, *, event_ids: Sequence[str]
+    conn: duckdb.DuckDBPyConnection,
+    *,
+    event_ids: Sequence[str],
+    within: tuple[int, int] | None = None,
 ) -> list[dict[str, Any]]:
-    """The stored events among `event_ids`, in event time order."""
-    if not event_ids:
+    """The stored events among `event_ids`, in event time order (then by id).
+
+    `within` (epoch micros, both ends included) is where the events are expected, e.g. an
+    alert's first and last seen: they are looked for there first, which lets DuckDB skip the
+    row groups outside it (constant bounds, zone maps) instead of comparing every stored
+    event_id; any id not found there is then looked for everywhere, so the answer is the same.
+    """
+    wanted = list(dict.fromkeys(event_ids))
+    if not wanted:
         return []
-    # Matched on event_id alone, then fetched by rowid (see events_page): ~30% faster.
-    rows = conn.execute(
-        f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE rowid IN ("
-        " SELECT rowid FROM events WHERE list_contains($ids, event_id)) ORDER BY ts, event_id",
-        {"ids": list(event_ids)},
-    ).fetchall()
+    rows: list[tuple[Any, ...]] = []
+    if within is not None:
+        rows = conn.execute(
+            f"SELECT {_EVENT_SELECT} FROM events"
+            " WHERE list_contains($ids, event_id) AND ts BETWEEN $lo AND $hi",
+            {"ids": wanted, "lo": utc(within[0]), "hi": utc(within[1])},
+        ).fetchall()
+        found = {r[0] for r in rows}
+        wanted = [e for e in wanted if e not in found]
+    if wanted:
+        rows += conn.execute(
+            f"SELECT {_EVENT_SELECT} FROM events WHERE list_contains($ids, event_id)",
+            {"ids": wanted},
+        ).fetchall()
+    # Ordered here: an ORDER BY costs DuckDB ~1 ms of set-up however few the rows.
+    rows.sort(key=lambda r: (r[1], r[0]))
     return [_event_dict(r) for r in rows]
+
+
+_EVENT_SELECT: Final = ", ".join(EVENT_COLUMNS)
 
 
 # --- tokens ranked by their stored scores ----------------------------------------------------

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
 
-from tokentrail.api.deps import AnalystDep, ConnDep, ViewerDep
+from tokentrail.api.deps import AnalystDep, ConnDep, StateDep, ViewerDep
 from tokentrail.api.encoding import ModelJSON
 from tokentrail.api.models import (
     AlertDetail,
@@ -14,7 +14,6 @@ from tokentrail.api.models import (
     AlertsPublic,
     AlertStatus,
     AlertUpdate,
-    EventPublic,
     HistoryEntry,
     Severity,
 )
@@ -88,28 +87,31 @@ def list_alerts(
     )
 
 
-def _detail(conn: ConnDep, alert_id: str) -> AlertDetail:
+def _detail(conn: ConnDep, state: StateDep, alert_id: str) -> AlertDetail:
     row = sql.alert_by_id(conn, alert_id=alert_id)
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no alert {alert_id!r}")
     owner = sql.assignees(conn, alert_ids=[alert_id]).get(alert_id)
     return AlertDetail(
         **alert_public(row, owner).model_dump(),
-        events=[
-            EventPublic.model_validate(e) for e in sql.events_by_id(conn, event_ids=row.event_ids)
-        ],
+        # The evidence lies between the alert's first and last seen (looked for there first).
+        events=state.evidence.events(
+            conn, event_ids=row.event_ids, within=(row.first_seen_us, row.last_seen_us)
+        ),
         history=[HistoryEntry(**h._asdict()) for h in sql.alert_history(conn, alert_id=alert_id)],
     )
 
 
 @router.get("/{alert_id}", response_model=AlertDetail)
-def get_alert(alert_id: str, conn: ConnDep, _: ViewerDep) -> ModelJSON:
+def get_alert(alert_id: str, conn: ConnDep, state: StateDep, _: ViewerDep) -> ModelJSON:
     """One alert with its evidence events and triage history."""
-    return ModelJSON(_detail(conn, alert_id))
+    return ModelJSON(_detail(conn, state, alert_id))
 
 
 @router.patch("/{alert_id}", response_model=AlertDetail)
-def update_alert(alert_id: str, change: AlertUpdate, conn: ConnDep, who: AnalystDep) -> ModelJSON:
+def update_alert(
+    alert_id: str, change: AlertUpdate, conn: ConnDep, state: StateDep, who: AnalystDep
+) -> ModelJSON:
     """Triage: set status and/or assignee (null unassigns), with a note; every change is kept."""
     given = change.model_fields_set
     if not given & {"status", "assignee", "note"}:
@@ -125,4 +127,4 @@ def update_alert(alert_id: str, change: AlertUpdate, conn: ConnDep, who: Analyst
     )
     if not found:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no alert {alert_id!r}")
-    return ModelJSON(_detail(conn, alert_id))
+    return ModelJSON(_detail(conn, state, alert_id))
