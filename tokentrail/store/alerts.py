@@ -283,7 +283,21 @@ SELECT subject, facet, value, min(ts) AS first_seen,
 FROM facts GROUP BY subject, facet, value
 """
 
-_ANNOTATE: Final = """
+# A call against its identity's declared policy (catalog `[[identity]]`, by workload `pt` or by
+# identity `pi`) and its actor's (`pa`): shared by the annotation pass and the re-decision.
+_POLICY_CHECKS: Final = """
+    pi.name IS NOT NULL OR pt.name IS NOT NULL AS declared,
+    CASE WHEN len(coalesce(pt.targets, pi.targets, [])) > 0
+         THEN list_contains(coalesce(pt.targets, pi.targets), c.target) END AS allowed_target,
+    CASE WHEN c.scope = '' THEN NULL
+         WHEN len(coalesce(pt.scopes, pi.scopes, [])) > 0
+         THEN list_contains(coalesce(pt.scopes, pi.scopes), c.scope) END AS allowed_scope,
+    CASE WHEN c.actor IS NOT NULL AND c.actor <> c.identity AND len(pa.targets) > 0
+         THEN list_contains(pa.targets, c.target) END AS actor_allowed_target
+"""
+
+_ANNOTATE: Final = (
+    """
 CREATE OR REPLACE TEMP TABLE detect_calls AS
 WITH w AS (
     SELECT d.*, d.rowid AS rid, coalesce(p.privilege, 'read') AS privilege,
@@ -368,15 +382,9 @@ WITH w AS (
         coalesce(s.sensitivity, $default_sensitivity) AS sensitivity,
         coalesce(s.environment, c.environment) AS target_env,
         coalesce(pi.environment, c.seen_home) AS home_env,
-        pi.name IS NOT NULL OR pt.name IS NOT NULL AS declared,
-        CASE WHEN len(coalesce(pt.targets, pi.targets, [])) > 0
-             THEN list_contains(coalesce(pt.targets, pi.targets), c.target) END AS allowed_target,
-        CASE WHEN c.scope = '' THEN NULL
-             WHEN len(coalesce(pt.scopes, pi.scopes, [])) > 0
-             THEN list_contains(coalesce(pt.scopes, pi.scopes), c.scope) END AS allowed_scope,
-        CASE WHEN c.actor IS NOT NULL AND c.actor <> c.identity AND len(pa.targets) > 0
-             THEN list_contains(pa.targets, c.target) END AS actor_allowed_target
-    FROM ctx c
+"""
+    + _POLICY_CHECKS
+    + """    FROM ctx c
     LEFT JOIN detect_tokens ps ON ps.token_id = c.t_parent
     LEFT JOIN meta pm ON pm.token_id = c.t_parent
     LEFT JOIN tt_det_services s ON s.name = c.target
@@ -397,6 +405,7 @@ WHERE len(novel) > 0
    OR (home_env IS NOT NULL AND target_env IS NOT NULL AND target_env <> home_env
        AND coalesce(allowed_target, false) = false)
 """
+)
 
 # Lineage of the derived tokens among the candidates: ancestors (as known at the call's time)
 # and the credential-access calls they made shortly before it.
@@ -527,7 +536,8 @@ def reordered_tokens(conn: duckdb.DuckDBPyConnection) -> list[str]:
 # the first use of each value of its facets (`detect_seen` keeps the earliest), uses after a
 # dormant gap (the previous use by event time), uses after the declared expiry. Everything else
 # as `_ANNOTATE` has it; no lineage (no per-token detector reads it).
-_REDECIDE: Final = """
+_REDECIDE: Final = (
+    """
 CREATE OR REPLACE TEMP TABLE detect_redo AS
 WITH uses AS (
     SELECT e.event_id, e.ts, e.token_id, e.identity, e.source, e.target, e.operation,
@@ -574,15 +584,9 @@ SELECT c.* EXCLUDE (novel_all), false AS late,
     coalesce(s.sensitivity, $default_sensitivity) AS sensitivity,
     coalesce(s.environment, c.environment) AS target_env,
     coalesce(pi.environment, ii.home) AS home_env,
-    pi.name IS NOT NULL OR pt.name IS NOT NULL AS declared,
-    CASE WHEN len(coalesce(pt.targets, pi.targets, [])) > 0
-         THEN list_contains(coalesce(pt.targets, pi.targets), c.target) END AS allowed_target,
-    CASE WHEN c.scope = '' THEN NULL
-         WHEN len(coalesce(pt.scopes, pi.scopes, [])) > 0
-         THEN list_contains(coalesce(pt.scopes, pi.scopes), c.scope) END AS allowed_scope,
-    CASE WHEN c.actor IS NOT NULL AND c.actor <> c.identity AND len(pa.targets) > 0
-         THEN list_contains(pa.targets, c.target) END AS actor_allowed_target
-FROM cand c
+"""
+    + _POLICY_CHECKS
+    + """FROM cand c
 JOIN nth n USING (event_id)
 LEFT JOIN operation_scopes p ON p.operation = c.operation AND p.scope = c.scope
 LEFT JOIN detect_tokens ps ON ps.token_id = c.t_parent
@@ -593,6 +597,7 @@ LEFT JOIN tt_det_policies pi ON pi.name = c.identity AND pi.task_kind = ''
 LEFT JOIN tt_det_policies pt ON pt.name = c.identity AND pt.task_kind = c.task_kind
 LEFT JOIN tt_det_policies pa ON pa.name = c.actor AND pa.task_kind = ''
 """
+)
 
 
 def redecide(
