@@ -96,9 +96,13 @@ class Catalog(_Model):
                 seen.add(name)
         return self
 
-    @cached_property
+    @property
     def fingerprint(self) -> str:
-        """Names this catalog's content: stored blast scores say which catalog they are for."""
+        """Names this catalog's content: stored blast scores say which catalog they are for.
+
+        Not cached: `model_copy(update=...)` would carry a cached value over to a copy whose
+        content differs.
+        """
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
 
     @cached_property

@@ -136,3 +136,14 @@ def test_scores_stored_under_the_keyed_table_of_version_7_are_dropped_and_recomp
     assert keys == [(0,)]
     assert catalogs == [(load_catalog(tmp_path / "catalog.toml").fingerprint,)]
     assert set(stored_scores(db)) == {"tok-wide", "tok-narrow"}
+
+
+def test_a_catalog_changed_by_copy_is_scored_as_a_new_catalog(tmp_path: Path) -> None:
+    (tmp_path / "catalog.toml").write_text(CATALOG)
+    catalog = load_catalog(tmp_path / "catalog.toml")
+    before = catalog.fingerprint  # read once, as a ranking does
+    halved = catalog.model_copy(
+        update={"score": catalog.score.model_copy(update={"chain": catalog.score.chain / 2})}
+    )
+    assert halved.fingerprint != before
+    assert catalog.model_copy().fingerprint == before
