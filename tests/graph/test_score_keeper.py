@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from tokentrail.catalog import load_catalog
 from tokentrail.cli import app
 from tokentrail.graph.blast import rank_tokens
-from tokentrail.store.graph import refresh_scores
+from tokentrail.store.graph import refresh_scores, scores_in_parts
 
 CATALOG = """
 [[service]]
@@ -147,3 +147,16 @@ def test_a_catalog_changed_by_copy_is_scored_as_a_new_catalog(tmp_path: Path) ->
     )
     assert halved.fingerprint != before
     assert catalog.model_copy().fingerprint == before
+
+
+def test_scores_in_parts_equal_the_scores_of_one_query(tmp_path: Path) -> None:
+    # The fallback when one query over every token runs out of DuckDB's memory limit.
+    db = tmp_path / "audit.duckdb"
+    ingest(tmp_path, db, "one.jsonl", [*events("one", 3), call(token_id="tok-third")])
+    catalog = load_catalog(tmp_path / "catalog.toml")
+    with duckdb.connect(str(db), read_only=True) as conn:
+        whole = rank_tokens(conn, catalog=catalog)
+        parts = scores_in_parts(conn, catalog=catalog, chunk=2)  # 2 + 1 tokens
+    assert parts.num_rows == 3
+    by_token = {r["token_id"]: r["score"] for r in parts.to_pylist()}
+    assert by_token == {r.token_id: r.blast_radius.score for r in whole}
