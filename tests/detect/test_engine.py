@@ -40,6 +40,7 @@ def feed(store: Store, engine: Detection | None, lines: Sequence[bytes], size: i
 
 
 def comparable(store: Store) -> list[tuple[Any, ...]]:
+    superseded = superseded_alerts(store.conn)  # closed, in place of another
     return sorted(
         (
             a.alert_id,
@@ -57,7 +58,7 @@ def comparable(store: Store) -> list[tuple[Any, ...]]:
             a.status,
         )
         for a in list_alerts(store.conn)
-        if a.alert_id not in superseded_alerts(store.conn)  # closed, in place of another
+        if a.alert_id not in superseded
     )
 
 

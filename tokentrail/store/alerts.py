@@ -951,9 +951,9 @@ def token_alerts(
 
 # The history note of an alert closed because re-deciding its token, in event time, gave
 # another alert in its place (docs/DETECTORS.md, late events).
-SUPERSEDED_NOTE: Final = "superseded: late events re-decided this finding in event-time order"
+_SUPERSEDED_NOTE: Final = "superseded: late events re-decided this finding in event-time order"
 _SUPERSEDED: Final = (
-    f"SELECT alert_id FROM alert_history WHERE actor = 'tokentrail' AND note = '{SUPERSEDED_NOTE}'"
+    f"SELECT alert_id FROM alert_history WHERE actor = 'tokentrail' AND note = '{_SUPERSEDED_NOTE}'"
 )
 
 
@@ -969,7 +969,7 @@ def supersede_alerts(conn: duckdb.DuckDBPyConnection, *, alert_ids: Sequence[str
     conn.execute(
         "INSERT INTO alert_history SELECT alert_id, now(), NULL, 'tokentrail', status, 'closed',"
         " NULL, NULL, $note FROM alerts WHERE list_contains($ids, alert_id)",
-        ids | {"note": SUPERSEDED_NOTE},
+        ids | {"note": _SUPERSEDED_NOTE},
     )
     conn.execute(
         "UPDATE alerts SET status = 'closed', updated_at = now()"
