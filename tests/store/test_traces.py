@@ -12,6 +12,7 @@ from factories import T0_MS, call, ingest
 
 from tokentrail.graph.chains import load_chain
 from tokentrail.store import Store
+from tokentrail.store import graph as graph_store
 from tokentrail.store.migrations import LATEST, migrate
 
 # Graph and derived tables as `merge_graph` and `merge_derived` leave them.
@@ -143,3 +144,53 @@ def test_a_version_1_file_gets_its_traces_from_the_backfill(tmp_path: Path) -> N
     assert {t: r for t, r in got.items() if t != "reach_changes"} == {
         t: r for t, r in expected.items() if t != "reach_changes"
     }
+
+
+def physical_keys(conn: duckdb.DuckDBPyConnection) -> list[int]:
+    return [r[0] for r in conn.execute("SELECT trace_key FROM traces ORDER BY rowid").fetchall()]
+
+
+def test_traces_are_kept_in_key_order_once_the_unsorted_tail_is_large_enough(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A small threshold stands for the production one (250k rows): each batch appends new
+    # traces after the sorted part, and the table is rewritten when the tail has grown.
+    monkeypatch.setattr(graph_store, "SORT_MIN_TAIL", 10)
+    events = spans(5, 600)
+    with Store.open(tmp_path / "t.duckdb") as store, Store.open(tmp_path / "ref.duckdb") as ref:
+        ingest(store, events[:300], batch_size=100)
+        keys = physical_keys(store.conn)
+        [(done,)] = store.conn.execute(
+            "SELECT CAST(value AS BIGINT) FROM meta WHERE key = ?", [graph_store.SORTED_TRACES_KEY]
+        ).fetchall()
+        # The sorted part, then at most a quarter as many rows appended since.
+        assert 10 <= done <= len(keys) < done * 1.25 + 10
+        assert keys[:done] == sorted(keys[:done])
+        # More batches: known traces are updated in place by row id, new ones appended, the
+        # table sorted again now and then; the rows are those of an unsorted store's.
+        ingest(store, events[300:], batch_size=7)
+        ingest(ref, events[:300], batch_size=100)
+        with monkeypatch.context() as m:
+            m.setattr(graph_store, "SORT_MIN_TAIL", 10**9)
+            ingest(ref, events[300:], batch_size=7)
+        assert physical_keys(ref.conn) != sorted(physical_keys(ref.conn))
+        assert merged(store) == merged(ref)
+        assert stored_traces(store.conn) == traces_from_events(store.conn)
+        for (trace,) in store.conn.execute("SELECT trace_id FROM traces").fetchall():
+            assert load_chain(store.conn, trace_id=trace) == load_chain(ref.conn, trace_id=trace)
+
+
+def test_sorting_waits_for_a_quarter_of_the_sorted_rows_and_can_be_forced(
+    tmp_path: Path,
+) -> None:
+    with Store.open(tmp_path / "t.duckdb") as store:
+        ingest(store, spans(6, 400), batch_size=400)
+        conn = store.conn
+        [(rows,)] = conn.execute("SELECT count(*) FROM traces").fetchall()
+        assert graph_store.sort_traces(conn, min_tail=rows + 1) is False
+        assert graph_store.sort_traces(conn, min_tail=1) is True
+        # Nothing appended since: no rewrite, however small the threshold.
+        assert graph_store.sort_traces(conn, min_tail=1) is False
+        assert graph_store.sort_traces(conn, min_tail=1, force=True) is True
+        assert physical_keys(conn) == sorted(physical_keys(conn))
+        assert stored_traces(conn) == traces_from_events(conn)

@@ -23,7 +23,7 @@ from tokentrail.batch import Batch
 from tokentrail.errors import StoreError
 from tokentrail.events import SAMENESS_COLUMNS
 from tokentrail.store.derived import merge_derived
-from tokentrail.store.graph import merge_graph
+from tokentrail.store.graph import merge_graph, sort_traces
 from tokentrail.store.migrations import LATEST, current_version, migrate
 from tokentrail.store.relations import registered
 from tokentrail.store.retention import retention_floor_us
@@ -208,7 +208,7 @@ class Store:
         """
         try:
             with self._transaction():
-                return self._write_batch(batch)
+                result = self._write_batch(batch)
         except duckdb.OutOfMemoryException as exc:
             [(limit,)] = self.conn.execute("SELECT current_setting('memory_limit')").fetchall()
             raise StoreError(
@@ -217,6 +217,13 @@ class Store:
             ) from None
         except duckdb.Error as exc:
             raise StoreError(f"cannot write to {self.path}: {_first_line(exc)}") from None
+        # Between batches, in a transaction of its own: the batch is stored whatever happens
+        # here, and an unsorted `traces` only makes lookups by trace id slower.
+        try:
+            sort_traces(self.conn)
+        except duckdb.Error as exc:
+            log.warning("traces not sorted by key (lookups scan them): %s", _first_line(exc))
+        return result
 
     def _write_batch(self, batch: Batch) -> BatchResult:
         conn = self.conn

@@ -137,19 +137,71 @@ def trace_key(trace_id: str) -> str:
 # a trace): an ingest grew with the store and failed under any fixed `memory_limit` (128MB: at
 # ~850k single-span traces). Rows are merged by `merge_graph` with an anti-join and an update
 # instead, and found by `trace_key`.
-TRACES_WITHOUT_KEY: Final = f"""
-CREATE TABLE traces_v9 (
+def _traces_table(name: str) -> str:
+    return f"""
+CREATE TABLE {name} (
     trace_id   VARCHAR NOT NULL,
     first_seen TIMESTAMPTZ NOT NULL,
     last_seen  TIMESTAMPTZ NOT NULL,
     events     BIGINT NOT NULL,
     trace_key  UBIGINT NOT NULL     -- {trace_key("trace_id")}
 );
+"""
+
+
+TRACES_WITHOUT_KEY: Final = f"""
+{_traces_table("traces_v9")}
 INSERT INTO traces_v9
 SELECT trace_id, first_seen, last_seen, events, {trace_key("trace_id")} FROM traces;
 DROP TABLE traces;
 ALTER TABLE traces_v9 RENAME TO traces;
 """
+
+# `meta` key of how many `traces` rows were stored in `trace_key` order when it was last sorted;
+# the rows appended since (new traces) follow them unsorted.
+SORTED_TRACES_KEY: Final = "traces_sorted"
+
+# Sorted by key, each row group of `traces` (122,880 rows) holds a narrow range of keys, and a
+# lookup by key reads the one row group whose range holds it (DuckDB's zone maps) plus the
+# unsorted tail: at 3.5M traces, 2.5 ms against 13 ms for a scan of every key. The table is
+# sorted again once its tail reaches this many rows and a quarter of the sorted part, so the
+# tail stays a small share and the rewrites (~0.8 µs a row) cost a few µs per trace in all.
+SORT_MIN_TAIL: Final = 250_000
+_SORT_TAIL_SHARE: Final = 0.25
+
+_SORT_TRACES: Final = f"""
+{_traces_table("traces_sorted")}
+INSERT INTO traces_sorted SELECT * FROM traces ORDER BY trace_key;
+DROP TABLE traces;
+ALTER TABLE traces_sorted RENAME TO traces;
+"""
+
+
+def sort_traces(
+    conn: duckdb.DuckDBPyConnection, *, min_tail: int | None = None, force: bool = False
+) -> bool:
+    """Rewrite `traces` in `trace_key` order (in one transaction) when its unsorted tail has
+    grown to `min_tail` rows and a quarter of the sorted part, or with `force` (after a prune
+    deleted rows, which leaves the count of sorted rows unknown); True when it did."""
+    [(rows,)] = conn.execute("SELECT count(*) FROM traces").fetchall()
+    found = conn.execute("SELECT value FROM meta WHERE key = ?", [SORTED_TRACES_KEY]).fetchall()
+    done = int(found[0][0]) if found else 0
+    least = SORT_MIN_TAIL if min_tail is None else min_tail
+    if rows == 0 or not (force or rows - done >= max(least, done * _SORT_TAIL_SHARE, 1)):
+        return False
+    conn.begin()
+    try:
+        conn.execute(_SORT_TRACES)
+        conn.execute(
+            "INSERT INTO meta VALUES (?, ?) ON CONFLICT DO UPDATE SET value = EXCLUDED.value",
+            [SORTED_TRACES_KEY, str(rows)],
+        )
+        conn.commit()
+    except BaseException:
+        with suppress(duckdb.TransactionException):  # a failed commit has rolled back already
+            conn.rollback()
+        raise
+    return True
 
 
 # Migration 7: the service graph that path searches walk, kept per batch by `merge_graph`.

@@ -20,6 +20,7 @@ from typing import Final
 import duckdb
 
 from tokentrail.store.alerts import PROGRESS
+from tokentrail.store.graph import sort_traces
 
 FLOOR_KEY: Final = "retention_floor_us"
 
@@ -95,6 +96,9 @@ def prune(
         conn.rollback()
         raise
     conn.commit()
+    if counts["traces"]:
+        # The count of rows kept in key order no longer says where the unsorted tail starts.
+        sort_traces(conn, force=True)
     # Deleted row groups are given back to the file on checkpoint.
     conn.execute("CHECKPOINT")
     return PruneResult(cutoff, counts, archived)
