@@ -163,6 +163,10 @@ class SinksSettings(BaseModel):
     backlog_max: int = Field(default=100_000, ge=1)
 
 
+# A size as DuckDB's settings take it: "192MB", "1GB", "1.5GiB".
+_DUCKDB_SIZE: Final = r"(?i)^\s*\d+(\.\d+)?\s*[KMGT]i?B\s*$"
+
+
 class DuckDBSettings(BaseModel):
     """How much memory the DuckDB file may use, and where it spills the rest.
 
@@ -177,9 +181,11 @@ class DuckDBSettings(BaseModel):
     # does not grow with the store: since `traces` lost its primary key (schema version 9) no
     # index that grows per event has to fit in it (docs/PERFORMANCE.md, issue #2). Not 128MB:
     # detection's pass over a simulated day (tests/incident.py) runs out of memory under it.
-    memory_limit: str | None = Field(
-        default="192MB", pattern=r"(?i)^\s*\d+(\.\d+)?\s*[KMGT]i?B\s*$"
-    )
+    memory_limit: str | None = Field(default="192MB", pattern=_DUCKDB_SIZE)
+    # The same bound for `tokentrail serve`, whose API threads, consumer batch and detection
+    # pass share one buffer pool at once: under 192MB, 50 API clients beside a consumer made
+    # reads and detection passes run out of memory (bench/api_load.py, docs/PERFORMANCE.md).
+    serve_memory_limit: str | None = Field(default="1GB", pattern=_DUCKDB_SIZE)
     # Where spilled data goes; by default `<db file>.tmp`, next to the database.
     temp_directory: str | None = None
 

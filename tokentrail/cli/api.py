@@ -22,10 +22,10 @@ keys_app = typer.Typer(name="keys", help="API keys of `tokentrail serve`.", no_a
 app.add_typer(keys_app)
 
 
-def _existing(db: Path) -> Store:
+def _existing(db: Path, *, serving: bool = False) -> Store:
     if not db.exists():
         raise StoreError(f"no database at {db}; ingest events first (tokentrail ingest ...)")
-    return open_store(db)
+    return open_store(db, serving=serving)
 
 
 @app.command()
@@ -65,7 +65,7 @@ def serve(
 
     if kafka and not topic:
         raise TokentrailError("--kafka needs --topic")
-    store = open_store(db) if kafka else _existing(db)
+    store = open_store(db, serving=True) if kafka else _existing(db, serving=True)
     with store:
         consumer = None
         if kafka and topic:

@@ -50,10 +50,12 @@ def settings() -> Settings:
     return load_settings(State.config)
 
 
-def open_store(db: Path) -> Store:
-    """The store at `db` for a long-running command, its DuckDB memory bounded by the settings."""
+def open_store(db: Path, *, serving: bool = False) -> Store:
+    """The store at `db` for a long-running command, its DuckDB memory bounded by the settings
+    (`duckdb.serve_memory_limit` when `serving`)."""
     duck = settings().duckdb
-    return Store.open(db, memory_limit=duck.memory_limit, temp_directory=duck.temp_directory)
+    limit = duck.serve_memory_limit if serving else duck.memory_limit
+    return Store.open(db, memory_limit=limit, temp_directory=duck.temp_directory)
 
 
 @app.callback()

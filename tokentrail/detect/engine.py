@@ -433,7 +433,7 @@ def _one_line(exc: Exception) -> str:
     lines = str(exc).strip().splitlines()
     text = lines[0] if lines else ""
     if isinstance(exc, duckdb.OutOfMemoryException):
-        text += " (raise the setting duckdb.memory_limit)"
+        text += " (raise the setting duckdb.memory_limit, or duckdb.serve_memory_limit in serve)"
     if not isinstance(exc, duckdb.Error):
         text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return text

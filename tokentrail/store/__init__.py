@@ -213,7 +213,8 @@ class Store:
             [(limit,)] = self.conn.execute("SELECT current_setting('memory_limit')").fetchall()
             raise StoreError(
                 f"cannot write to {self.path}: {_first_line(exc)}"
-                f" (DuckDB may use {limit}: raise the setting duckdb.memory_limit)"
+                f" (DuckDB may use {limit}: raise the setting duckdb.memory_limit,"
+                " or duckdb.serve_memory_limit in serve)"
             ) from None
         except duckdb.Error as exc:
             raise StoreError(f"cannot write to {self.path}: {_first_line(exc)}") from None
