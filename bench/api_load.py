@@ -32,6 +32,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -61,6 +62,8 @@ class Timings:
     errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ENDPOINTS, 0))
     # What the errors were: (endpoint, status code or exception name) -> how many.
     failures: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # When the phase ran (UTC), to find its requests in the server's own log afterwards.
+    window: tuple[datetime, datetime] | None = None
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -122,6 +125,7 @@ def request_for(endpoint: str, ids: Ids, rng: random.Random) -> str:
 async def drive(url: str, key: str, ids: Ids, *, clients: int, duration_s: float) -> Timings:
     """`clients` concurrent clients, each a closed loop of random reads, for `duration_s`."""
     timings = Timings()
+    began = datetime.now(UTC)
     deadline = time.perf_counter() + duration_s
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     headers = {"Authorization": f"Bearer {key}"}
@@ -146,7 +150,38 @@ async def drive(url: str, key: str, ids: Ids, *, clients: int, duration_s: float
                     timings.failures[(endpoint, outcome)] += 1
 
         await asyncio.gather(*(one_client(i) for i in range(clients)))
+    timings.window = (began, datetime.now(UTC))
     return timings
+
+
+# The endpoint of a logged request path (as `request_for` builds them).
+_SERVER_ENDPOINT = """CASE
+    WHEN path LIKE '/v1/chains/%' THEN 'chain'
+    WHEN path = '/v1/alerts' THEN 'alerts'
+    WHEN path LIKE '/v1/alerts/%' THEN 'alert'
+    WHEN path LIKE '/v1/tokens/%/blast-radius' THEN 'blast-radius'
+    WHEN path = '/v1/tokens' THEN 'tokens-top'
+    WHEN path = '/v1/events' THEN 'events' END"""
+
+
+def server_side(db: Path, phases: dict[str, Timings]) -> None:
+    """p50 / p99 of the same requests as the server timed them (`api_requests.duration_ms`:
+    from the request reaching the app to its response sent), beside the clients' figures: a
+    tail the server does not see was spent before the app (accept, read, event loop)."""
+    print("server-side (api_requests), p50 / p99 ms:")
+    with duckdb.connect(str(db), read_only=True) as conn:
+        for name, timings in phases.items():
+            if timings.window is None:
+                continue
+            rows = conn.execute(
+                f"SELECT {_SERVER_ENDPOINT} AS endpoint, quantile_cont(duration_ms, 0.5),"
+                " quantile_cont(duration_ms, 0.99), count(*) FROM api_requests"
+                " WHERE requested_at BETWEEN ? AND ? AND status = 200 GROUP BY endpoint"
+                " ORDER BY endpoint",
+                list(timings.window),
+            ).fetchall()
+            cells = ", ".join(f"{e} {p50:,.0f} / {p99:,.0f}" for e, p50, p99, _ in rows if e)
+            print(f"  {name}: {cells}")
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -352,6 +387,8 @@ def main() -> None:
                     *[ln for ln in logged.splitlines() if "ERROR" in ln][-10:],
                     sep="\n",
                 )
+        # After serve stopped (it stores its request log then): one process per DuckDB file.
+        server_side(db, phases)
 
 
 if __name__ == "__main__":
