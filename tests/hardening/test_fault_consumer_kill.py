@@ -35,7 +35,10 @@ pytestmark = pytest.mark.kafka
 TOKENTRAIL = str(Path(sys.executable).parent / "tokentrail")
 ROUNDS = 6
 # Small polls: many small transactions and detection passes, so a kill lands inside one.
-SMALL_POLLS = {"TOKENTRAIL_KAFKA__MAX_POLL_RECORDS": "800"}
+SMALL_POLLS = {
+    "TOKENTRAIL_KAFKA__MAX_POLL_RECORDS": "800",
+    "TOKENTRAIL_KAFKA__BATCH_RECORDS": "800",
+}
 
 
 class Consumer:
@@ -44,7 +47,7 @@ class Consumer:
     def __init__(self, command: list[str]) -> None:
         self.lines: list[str] = []
         self.assigned = threading.Event()
-        self.polls_stored = 0
+        self.batches_stored = 0
         self.process = subprocess.Popen(
             command,
             stdout=subprocess.DEVNULL,
@@ -61,15 +64,15 @@ class Consumer:
             self.lines.append(line)
             if "partitions assigned: [" in line and "partitions assigned: []" not in line:
                 self.assigned.set()
-            if "stored a poll of" in line:
-                self.polls_stored += 1
+            if "stored a batch of" in line:
+                self.batches_stored += 1
 
-    def wait_polls_stored(self, n: int, timeout: float = 180) -> None:
+    def wait_batches_stored(self, n: int, timeout: float = 180) -> None:
         """Kill points that follow the work done, not the clock: mid-stream on any machine."""
         deadline = time.monotonic() + timeout
-        while self.polls_stored < n and time.monotonic() < deadline:
+        while self.batches_stored < n and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert self.polls_stored >= n, self.tail()
+        assert self.batches_stored >= n, self.tail()
 
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)
@@ -155,8 +158,8 @@ def test_sigkill_at_random_points_keeps_events_and_alerts_exactly_once(
                 point, delay = "joining", rng.uniform(0.0, 2.5)
             else:
                 polls = rng.randint(1, 3)
-                consumer.wait_polls_stored(polls)
-                point = f"after {polls} stored polls"
+                consumer.wait_batches_stored(polls)
+                point = f"after {polls} stored batches"
                 delay = rng.choice([0.0, rng.uniform(0.05, 0.5), 2.0])
             time.sleep(delay)
             consumer.kill()

@@ -54,7 +54,7 @@ class Consumer:
     def __init__(self, broker: EmbeddedBroker, topic: str, db: Path, *args: str, **env: str):
         self.lines: list[str] = []
         self.assigned = threading.Event()
-        self.polls_stored = 0
+        self.batches_stored = 0
         command = [
             TOKENTRAIL, "-v", "ingest", "--kafka", broker.bootstrap, "--topic", topic,
             # One group per topic: members SIGKILLed by another test must not slow this join.
@@ -75,19 +75,19 @@ class Consumer:
             self.lines.append(line)
             if "partitions assigned: [" in line and "partitions assigned: []" not in line:
                 self.assigned.set()
-            if "stored a poll of" in line:
-                self.polls_stored += 1
+            if "stored a batch of" in line:
+                self.batches_stored += 1
 
     def wait_assigned(self, timeout: float = 60) -> None:
         assert self.assigned.wait(timeout), "".join(self.lines[-20:])
 
-    def wait_polls_stored(self, n: int, timeout: float = 120) -> None:
-        """Until the consumer has logged `n` stored polls: kill points follow the work done,
+    def wait_batches_stored(self, n: int, timeout: float = 120) -> None:
+        """Until the consumer has logged `n` stored batches: kill points follow the work done,
         not the clock, so they fall mid-stream however loaded the machine is."""
         deadline = time.monotonic() + timeout
-        while self.polls_stored < n and time.monotonic() < deadline:
+        while self.batches_stored < n and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert self.polls_stored >= n, "".join(self.lines[-20:])
+        assert self.batches_stored >= n, "".join(self.lines[-20:])
 
     def wait(self, timeout: float = 120) -> int:
         code = self.process.wait(timeout)
@@ -121,10 +121,13 @@ def test_sigkill_mid_stream_loses_nothing_and_stores_nothing_twice(
     rng = random.Random(5)
     seen = []
     # Small polls make many small transactions, so each kill lands between or inside one.
-    small = {"TOKENTRAIL_KAFKA__MAX_POLL_RECORDS": "1200"}
+    small = {
+        "TOKENTRAIL_KAFKA__MAX_POLL_RECORDS": "1200",
+        "TOKENTRAIL_KAFKA__BATCH_RECORDS": "1200",
+    }
     for _ in range(4):
         consumer = Consumer(broker, name, db, **small)
-        consumer.wait_polls_stored(rng.randint(1, 4))
+        consumer.wait_batches_stored(rng.randint(1, 4))
         time.sleep(rng.uniform(0.0, 0.3))  # between polls, or inside the next one
         consumer.process.send_signal(signal.SIGKILL)
         consumer.wait()

@@ -83,7 +83,7 @@ class ConsumerStatus(Protocol):
 
     def lag(self) -> dict[int, int]: ...  # partition -> records not yet stored
 
-    def write_seconds(self) -> Histogram | None: ...  # time to store each poll
+    def write_seconds(self) -> Histogram | None: ...  # time to store each batch
 
     def start(self) -> None: ...
 

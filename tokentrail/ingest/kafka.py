@@ -11,8 +11,10 @@ and the group commit) the consumer seeks forward and drops any record below the 
 kafka-python runs rebalance listeners on its IO thread, where blocking calls are not allowed, so
 the listener only notes the partitions and the main loop does the rest.
 
-Each poll's records are written before the next poll, so no records are held in memory when a
-rebalance revokes their partition.
+Polls are gathered into batches of `batch_records` records (or what `batch_wait_ms` brought), one
+transaction each, and a batch is written while the next one is read and validated. Before
+anything moves a position (an assignment, a log read again) every record read so far is stored,
+so stored offsets always say where reading stands.
 
 A broker that goes away is waited for: kafka-python reconnects by itself (backing off up to
 `reconnect_backoff_max_ms`) while the loop notes the outage (`unreachable_since`, shown by
@@ -30,7 +32,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Final
 
 from kafka import KafkaConsumer, TopicPartition
@@ -117,9 +119,16 @@ class KafkaIngest:
         self._renewed: set[int] = set()
         self._next_probe = 0.0
         # For metrics, read from other threads: partition -> records not yet stored (the
-        # broker's high watermark less the stored offset), and the time each poll took to store.
+        # broker's high watermark less the stored offset), and the time each batch took to store.
         self.lag: dict[int, int] = {}
         self.write_seconds = Histogram()
+        # The batch being filled from polls (and when its first record came), the batch being
+        # written, and what to call once it is stored.
+        self._open: Batch | None = None
+        self._opened_at = 0.0
+        self._in_flight: Batch | None = None
+        self._submitted_at = 0.0
+        self._on_batch: Callable[[Batch], None] | None = None
         self.consumer = _connect(bootstrap, group, settings)
         self.consumer.subscribe(topics=[topic], listener=_NoteAssignments(self))
 
@@ -132,6 +141,7 @@ class KafkaIngest:
         """Consume until `stop_requested` is set, or `idle_exit` seconds pass with no message."""
         timeout_ms = self.settings.poll_timeout_ms
         join_deadline = time.monotonic() + self.settings.join_timeout_s
+        self._on_batch = on_batch
         try:
             while not self.stop_requested.is_set():
                 polled = self._poll(timeout_ms)
@@ -147,6 +157,8 @@ class KafkaIngest:
                     if not polled:
                         self._probe_broker()
                 if not polled:
+                    # Nothing more for now: store what was read.
+                    self._flush()
                     if not self.ever_assigned and time.monotonic() > join_deadline:
                         raise SourceError(
                             f"no partition of topic {self.topic!r} was assigned within"
@@ -164,23 +176,9 @@ class KafkaIngest:
                     continue
                 self.last_activity = time.monotonic()
                 self._reachable()
-                # Each chunk is validated while the one before it is written; all are stored
-                # before the next poll, so a rebalance never finds records in flight.
-                written = []
-                started = time.monotonic()
-                for batch in self._batches(polled):
-                    self.pipeline.submit(batch)
-                    written.append(batch)
-                self.pipeline.drain()
-                self.write_seconds.observe(time.monotonic() - started)
-                log.info("stored a poll of %d records", sum(len(b) for b in written))
-                for batch in written:
-                    self.floor.update(batch.offsets)
-                    self._renewed.update(batch.offsets)
-                    self._commit_group(batch)
-                    if on_batch is not None:
-                        on_batch(batch)
-                self._measure_lag()
+                self._fill(polled)
+            # Stopping: what was read is stored with its offsets before the consumer closes.
+            self._flush()
         except KafkaError as exc:
             raise SourceError(f"Kafka consumer failed: {exc}") from None
         finally:
@@ -197,6 +195,7 @@ class KafkaIngest:
             # Neither the store nor the group knows this partition: a new one, read it all.
             partitions = sorted(exc.args[0], key=lambda tp: tp.partition)
             log.info("partitions %s start at their beginning", [tp.partition for tp in partitions])
+            self._flush()
             self.consumer.seek_to_beginning(*partitions)
             return {}
         except OffsetOutOfRangeError as exc:
@@ -216,6 +215,7 @@ class KafkaIngest:
 
     def _resume(self, partitions: set[int]) -> None:
         """Start newly assigned partitions at the larger of the stored and the group offset."""
+        self._flush()  # the stored offsets then include every record read before
         self.last_activity = time.monotonic()
         self.ever_assigned = True
         stored = self.pipeline.store.stored_offsets(topic=self.topic)
@@ -274,6 +274,7 @@ class KafkaIngest:
     def _restart_partition(self, partition: int, why: str, *, since: int | None = None) -> None:
         """Read a partition again from `since` or its beginning (duplicates are dropped by
         event id); if the broker cannot say where the log begins, try again later."""
+        self._flush()  # a batch stored later would move the stored offset past the new position
         tp = TopicPartition(self.topic, partition)
         try:
             beginning = since if since is not None else self.consumer.beginning_offsets([tp])[tp]
@@ -327,10 +328,11 @@ class KafkaIngest:
             )
             self.unreachable_since = None
 
-    def _batches(self, polled: dict[Any, list[Any]]) -> Iterator[Batch]:
-        """The polled records as batches of at most a quarter poll, validated lazily."""
-        size = max(1, self.settings.max_poll_records // 4)
-        batch = Batch("kafka", self.topic)
+    def _fill(self, polled: dict[Any, list[Any]]) -> None:
+        """Validate the polled records into the open batch, handing it to the writer when it
+        holds `batch_records` records or its first came `batch_wait_ms` ago; records are
+        validated while the batch before is written."""
+        size = self.settings.batch_records
         feed = self.feed
         for tp, records in polled.items():
             partition = tp.partition
@@ -339,13 +341,44 @@ class KafkaIngest:
                 # Already stored (fetched before the seek to the stored offset took effect).
                 records = records[bisect.bisect_left(records, floor, key=lambda r: r.offset) :]
             for record in records:
-                feed(batch, record.value or b"", partition, record.offset)
-                batch.offsets[partition] = record.offset + 1
-                if len(batch) >= size:
-                    yield batch
-                    batch = Batch("kafka", self.topic)
-        if len(batch):
-            yield batch
+                if self._open is None:
+                    self._open, self._opened_at = Batch("kafka", self.topic), time.monotonic()
+                feed(self._open, record.value or b"", partition, record.offset)
+                self._open.offsets[partition] = record.offset + 1
+                if len(self._open) >= size:
+                    self._submit()
+        waited_ms = (time.monotonic() - self._opened_at) * 1000
+        if self._open is not None and waited_ms >= self.settings.batch_wait_ms:
+            self._submit()
+
+    def _submit(self) -> None:
+        """Hand the open batch to the writer once the batch before it is stored."""
+        batch, self._open = self._open, None
+        if batch is None:
+            return
+        self.pipeline.submit(batch)  # waits for the write in flight first
+        self._stored(self._in_flight)
+        self._in_flight, self._submitted_at = batch, time.monotonic()
+
+    def _flush(self) -> None:
+        """Store every record read so far: the open batch and the one being written."""
+        self._submit()
+        self.pipeline.drain()
+        self._stored(self._in_flight)
+        self._in_flight = None
+
+    def _stored(self, batch: Batch | None) -> None:
+        """A batch is in the store: its offsets become the floor and go to the group."""
+        if batch is None:
+            return
+        self.write_seconds.observe(time.monotonic() - self._submitted_at)
+        log.info("stored a batch of %d records", len(batch))
+        self.floor.update(batch.offsets)
+        self._renewed.update(batch.offsets)
+        self._commit_group(batch)
+        if self._on_batch is not None:
+            self._on_batch(batch)
+        self._measure_lag()
 
     def _commit_group(self, batch: Batch) -> None:
         """Tell the group what is stored (for lag monitoring and other workers); best effort."""

@@ -48,7 +48,8 @@ def metrics(conn: ConnDep, state: StateDep, _: ViewerDep) -> PlainTextResponse:
         timings = state.consumer.write_seconds()
         if timings is not None:
             lines += timings.lines(
-                "tokentrail_batch_seconds", "Time to store one poll: validation, write, detection."
+                "tokentrail_batch_seconds",
+                "Time to store one batch once handed to the writer: write and detection.",
             )
     if state.deliverer is not None:
         lines += prometheus(conn, state.deliverer).splitlines()
