@@ -181,13 +181,15 @@ class Anomaly(Detector):
     ) -> _Model | None:
         if day in self._models:
             return self._models[day]
-        from sklearn.ensemble import IsolationForest  # type: ignore[import-untyped]
-
         lo = day - int(self.history_days * US_PER_DAY)
         history = self._features(conn, lo, day, sensitivity)
         model: _Model | None = None
         span = {r.hour_us for r in history}
         if len(span) >= self.min_history_hours:
+            # Imported only once there is a model to train: scikit-learn costs ~80 MB of RSS
+            # (~950 modules), which an ingest with less history than that never needs.
+            from sklearn.ensemble import IsolationForest  # type: ignore[import-untyped]
+
             matrix = np.array([features(r) for r in history])
             forest = IsolationForest(n_estimators=self.trees, random_state=self.seed)
             forest.fit(matrix)
