@@ -20,8 +20,13 @@ import duckdb
 import pytest
 from factories import call, encode
 from kafka import KafkaProducer
+from kafka.errors import KafkaConnectionError
 
 from tokentrail.broker import EmbeddedBroker, free_port
+from tokentrail.config import Settings
+from tokentrail.ingest.kafka import KafkaIngest
+from tokentrail.ingest.pipeline import Pipeline
+from tokentrail.store import Store
 
 pytestmark = pytest.mark.kafka
 
@@ -225,3 +230,32 @@ def test_an_unreachable_broker_is_one_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("tokentrail: error: no Kafka broker reachable at 127.0.0.1:")
     assert result.stderr.count("\n") == 1
+
+
+def test_a_poll_the_broker_interrupts_is_waited_out_not_fatal(
+    broker: EmbeddedBroker, topic: Callable[..., str], tmp_path: Path
+) -> None:
+    # kafka-python can raise a retriable error out of `poll` when the broker drops the
+    # connection mid-call (seen in tests/hardening/test_fault_broker_restart.py): the consumer
+    # must wait for the broker, as it does when polls come back empty, not stop.
+    name = topic(partitions=2)
+    n = produce(broker, name, events(500))
+    settings = Settings()
+    with Store.open(tmp_path / "t.duckdb") as store, Pipeline(store, settings) as pipeline:
+        source = KafkaIngest(
+            pipeline, bootstrap=broker.bootstrap, topic=name, group=f"g-{name}",
+            settings=settings.kafka,
+        )  # fmt: skip
+        real_poll = source.consumer.poll
+        interrupted = []
+
+        def poll(**kwargs: Any) -> Any:
+            if len(interrupted) < 2:
+                interrupted.append(kwargs)
+                raise KafkaConnectionError("socket disconnected (injected)")
+            return real_poll(**kwargs)
+
+        source.consumer.poll = poll  # type: ignore[method-assign]
+        source.run(idle_exit=3)
+        assert len(interrupted) == 2
+        assert store.stats()["events"] == n
