@@ -82,8 +82,7 @@ _BATCH_KEY: Final = "(" + ", ".join(f"b.{c}" for c in SAMENESS_COLUMNS) + ")"
 # (by row id; usually none). Joining the batch to all of `events` instead scanned eight columns
 # of every stored event, and DuckDB keeps the blocks it read cached up to its memory limit: that
 # cache grew with the store (18 MB after one batch at 1M events, 9 MB this way; peak RSS of a
-# 5M-event ingest 595 -> 544 MB, docs/PERFORMANCE.md). `->>` reads the id as `from_json` does
-# (the first of repeated keys), so the ids looked up are the ids parsed.
+# 5M-event ingest 595 -> 544 MB, docs/PERFORMANCE.md).
 _STAGE: Final = f"""
 CREATE OR REPLACE TEMP TABLE staged AS
 WITH parsed AS (
@@ -94,7 +93,7 @@ stored AS (
     SELECT event_id, {", ".join(SAMENESS_COLUMNS)} FROM events
     WHERE rowid IN (
         SELECT rowid FROM events
-        WHERE event_id IN (SELECT raw ->> '$.event_id' FROM batch_events)
+        WHERE event_id IN (SELECT event_id FROM parsed)
     )
 )
 SELECT b.*,

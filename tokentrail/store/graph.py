@@ -22,7 +22,7 @@ Timestamps come back as UTC microseconds (`*_us`) so no time zone setting can sh
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Final, NamedTuple
 
@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from tokentrail.catalog import PRIVILEGES, Catalog, privilege_of
 from tokentrail.events import EPOCH, ONE_US
-from tokentrail.store.relations import registered
+from tokentrail.store.relations import registered, transaction
 
 GRAPH_TABLES: Final = """
 -- Every trace seen: its span of event time (to read a chain from a few row groups).
@@ -127,16 +127,11 @@ DELETE FROM blast_state;
 def trace_key(trace_id: str) -> str:
     """SQL for the `trace_key` of the trace id expression `trace_id` (version 9): 64 bits of its
     md5, stable across DuckDB versions (unlike `hash`). `traces` has no index: finding a trace
-    scans this 8-byte column (~6x faster than comparing the id string of every row), and then
-    the strings of the rows whose key matched."""
+    reads this 8-byte column (one row group of it, the table being kept in key order:
+    `sort_traces`), and then the strings of the rows whose key matched."""
     return f"md5_number_lower({trace_id})"
 
 
-# Version 9: `traces` without its primary key. DuckDB's ART indexes cannot spill to disk, and
-# each batch's merge of random trace ids loaded most of that index back into memory (~100 bytes
-# a trace): an ingest grew with the store and failed under any fixed `memory_limit` (128MB: at
-# ~850k single-span traces). Rows are merged by `merge_graph` with an anti-join and an update
-# instead, and found by `trace_key`.
 def _traces_table(name: str) -> str:
     return f"""
 CREATE TABLE {name} (
@@ -149,6 +144,11 @@ CREATE TABLE {name} (
 """
 
 
+# Version 9: `traces` without its primary key. DuckDB's ART indexes cannot spill to disk, and
+# each batch's merge of random trace ids loaded most of that index back into memory (~100 bytes
+# a trace): an ingest grew with the store and failed under any fixed `memory_limit` (128MB: at
+# ~850k single-span traces). Rows are merged by `merge_graph` with an anti-join and an update
+# instead, and found by `trace_key`.
 TRACES_WITHOUT_KEY: Final = f"""
 {_traces_table("traces_v9")}
 INSERT INTO traces_v9
@@ -189,18 +189,12 @@ def sort_traces(
     least = SORT_MIN_TAIL if min_tail is None else min_tail
     if rows == 0 or not (force or rows - done >= max(least, done * _SORT_TAIL_SHARE, 1)):
         return False
-    conn.begin()
-    try:
+    with transaction(conn):
         conn.execute(_SORT_TRACES)
         conn.execute(
             "INSERT INTO meta VALUES (?, ?) ON CONFLICT DO UPDATE SET value = EXCLUDED.value",
             [SORTED_TRACES_KEY, str(rows)],
         )
-        conn.commit()
-    except BaseException:
-        with suppress(duckdb.TransactionException):  # a failed commit has rolled back already
-            conn.rollback()
-        raise
     return True
 
 
@@ -1233,8 +1227,7 @@ def _refresh(conn: duckdb.DuckDBPyConnection, *, catalog: Catalog, fingerprint: 
         table = _scores(
             conn, catalog=catalog, token_ids=sorted(lineage_above(conn, token_ids=changed))
         )
-    conn.begin()
-    try:
+    with transaction(conn):
         if state is None:
             # Scores are kept for one catalog at a time: a new one starts over.
             conn.execute("DELETE FROM blast_scores")
@@ -1247,11 +1240,6 @@ def _refresh(conn: duckdb.DuckDBPyConnection, *, catalog: Catalog, fingerprint: 
                 )
             conn.execute("INSERT INTO blast_scores SELECT ?, * FROM tt_fresh_scores", [fingerprint])
         conn.execute("INSERT OR REPLACE INTO blast_state VALUES (?, ?)", [fingerprint, now])
-        conn.commit()
-    except BaseException:
-        with suppress(duckdb.TransactionException):  # a failed commit has rolled back already
-            conn.rollback()
-        raise
 
 
 def lineage_above(conn: duckdb.DuckDBPyConnection, *, token_ids: Sequence[str]) -> set[str]:

@@ -1,4 +1,4 @@
-"""Arrow tables as named DuckDB relations for the statements of one block."""
+"""Blocks of statements on one connection: Arrow tables as named relations, and transactions."""
 
 from __future__ import annotations
 
@@ -28,3 +28,24 @@ def registered(conn: duckdb.DuckDBPyConnection, **tables: pa.Table) -> Iterator[
             # that statement's error is the one to report, and the rollback drops the name.
             with suppress(duckdb.TransactionException):
                 conn.unregister(name)
+
+
+@contextmanager
+def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """The block's statements in one transaction, committed at its end, rolled back if it
+    raises (or if the commit itself fails).
+
+    >>> conn = duckdb.connect()
+    >>> with transaction(conn):
+    ...     _ = conn.execute("CREATE TABLE t AS SELECT 1 AS x")
+    >>> conn.execute("SELECT x FROM t").fetchall()
+    [(1,)]
+    """
+    conn.begin()
+    try:
+        yield
+        conn.commit()
+    except BaseException:
+        with suppress(duckdb.TransactionException):  # a failed commit has rolled back already
+            conn.rollback()
+        raise
