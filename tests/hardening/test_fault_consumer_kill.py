@@ -91,6 +91,9 @@ def stored(db: Path) -> tuple[int, int]:
     if not db.exists():
         return 0, 0
     with duckdb.connect(str(db), read_only=True) as conn:
+        # Killed while creating the file: its first migration was not committed yet.
+        if not conn.execute("SELECT 1 FROM duckdb_tables() WHERE table_name = 'events'").fetchall():
+            return 0, 0
         row = conn.execute("SELECT count(*), count(DISTINCT event_id) FROM events").fetchone()
     assert row is not None
     return int(row[0]), int(row[1])
