@@ -79,6 +79,11 @@ class Batch:
     _seen: dict[str, int] = field(default_factory=dict)
     # Set once the store has staged the accepted events and dropped their bytes (`release`).
     _released: bool = False
+    # The traces and tokens (used, or named as a parent) of the accepted events: what a stored
+    # batch may have changed, for readers that keep answers in memory (tokentrail.api.reads).
+    # Kept after `release`.
+    traces: set[str] = field(default_factory=set)
+    tokens: set[str] = field(default_factory=set)
 
     def accept(self, event: Event, raw: bytes, partition: int | None, position: int) -> None:
         """Add a valid event; a second copy of an event_id is counted or dead-lettered here."""
@@ -96,6 +101,11 @@ class Batch:
                 self.reject(_conflict(event_id), raw, partition, position)
             return
         self._seen[event_id] = sameness
+        if event.wire.trace_id is not None:
+            self.traces.add(event.wire.trace_id)
+        self.tokens.add(event.token_id)
+        if event.parent_token_id is not None:
+            self.tokens.add(event.parent_token_id)
         ts, token_id, parent, issued, expires, flags = self._columns
         ts.append(event.ts_us)
         token_id.append(event.token_id)

@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import tokentrail
 from tokentrail.api.auth import scrub
 from tokentrail.api.encoding import components
+from tokentrail.api.fastpath import ROUTE_TEMPLATE, KeptAnswers
 from tokentrail.api.limits import BodyLimit
 from tokentrail.api.models import TokensPage
 from tokentrail.api.routes import (
@@ -98,6 +99,8 @@ def create_app(
         deliverer=deliverer,
     )
     harden(store.conn)
+    if consumer is not None:
+        consumer.subscribe(state.reads.changed)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -130,6 +133,8 @@ def create_app(
     for module in (identities, query, metrics, keys, ui):
         app.include_router(module.router)
     _errors(app)
+    # Innermost: a request it answers is still size-checked, logged and counted.
+    app.add_middleware(KeptAnswers, state=state)
     # Added before the audit middleware so that it wraps this one and records the 413s.
     app.add_middleware(BodyLimit, max_bytes=settings.body_max_bytes)
     app.add_middleware(Audit, state=state)
@@ -207,8 +212,9 @@ class Audit:
                 )(scope, receive, send)
             status_code = status.HTTP_500_INTERNAL_SERVER_ERROR
         seconds = time.perf_counter() - started
-        route = scope.get("route")
-        template = getattr(route, "path", None) or "unmatched"
+        # The route's path template: set by the router, or by KeptAnswers for what it answered.
+        template = scope.get(ROUTE_TEMPLATE) or getattr(scope.get("route"), "path", None)
+        template = template or "unmatched"
         self.state.metrics.observe(
             method=request.method, route=template, status=status_code, seconds=seconds
         )

@@ -6,8 +6,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from tokentrail.api.reads import Changes
+from tokentrail.batch import Batch
 from tokentrail.catalog import load_catalog
 from tokentrail.config import Settings
 from tokentrail.detect.engine import Detection
@@ -17,7 +20,7 @@ from tokentrail.graph.scores import ScoreKeeper
 from tokentrail.histogram import Histogram
 from tokentrail.ingest.kafka import KafkaIngest
 from tokentrail.ingest.pipeline import BatchHook, Pipeline
-from tokentrail.store import Store
+from tokentrail.store import BatchResult, Store
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +59,11 @@ class BackgroundConsumer:
             if catalog_path is not None
             else remembered_catalog(store.conn),
         )
-        hooks: list[BatchHook] = [self.scores.on_batch]
+        self._listeners: list[Callable[[Changes], None]] = []
+        # What a batch changed is reported first, before detection or scoring could fail.
+        hooks: list[BatchHook] = [self._report, self.scores.on_batch]
         if self.engine is not None:
-            hooks.insert(0, self.engine.on_batch)
+            hooks.insert(1, self.engine.on_batch)
         self.pipeline = Pipeline(store, settings, hooks=hooks)
         self._bootstrap, self._topic, self._group, self._fmt = bootstrap, topic, group, fmt
         self._source: KafkaIngest | None = None
@@ -102,6 +107,18 @@ class BackgroundConsumer:
             "duplicates": t.duplicates,
             "dead_letters": t.dead_letters,
         }
+
+    def subscribe(self, listener: Callable[[Changes], None]) -> None:
+        """Tell `listener` what each committed batch and detection pass may have changed."""
+        self._listeners.append(listener)
+        if self.engine is not None:
+            self.engine.alert_listeners.append(lambda ids: listener(Changes(alerts=ids)))
+
+    def _report(self, batch: Batch, _: BatchResult) -> None:
+        if batch.traces or batch.tokens:
+            changes = Changes.of_batch(batch)
+            for listener in self._listeners:
+                listener(changes)
 
     def start(self) -> None:
         self._state = "running"

@@ -2,8 +2,8 @@
 
 They are `async` on purpose: FastAPI runs each plain `def` dependency in the thread pool, one
 hop per dependency (two for a generator), and under load each hop waits in line for a thread
-again, behind every other request. These only read memory (a cache miss on the key reads the
-store, in the pool), so a request takes one hop: its route.
+again, behind every other request. These only read memory (a key checked again reads the
+store, on a thread of the interactive lane), so a request takes one hop: its route.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
 import duckdb
+from anyio import to_thread
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.concurrency import run_in_threadpool
 
 from tokentrail.api.auth import Principal, Role
 from tokentrail.api.state import ApiState
@@ -61,7 +61,9 @@ async def get_principal(
         key = credentials.credentials
         principal = state.keys.cached(key)
         if principal is None:
-            principal = await run_in_threadpool(state.keys.authenticate, state.cursor, key)
+            principal = await to_thread.run_sync(
+                state.keys.authenticate, state.cursor, key, limiter=state.interactive()
+            )
     if principal is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,

@@ -30,6 +30,14 @@ class ModelJSON(JSONResponse):
         return content.model_dump_json().encode()
 
 
+class JSON(JSONResponse):
+    """JSON encoded already (an answer kept by tokentrail.api.reads)."""
+
+    def render(self, content: Any) -> bytes:
+        assert isinstance(content, bytes)
+        return content
+
+
 def schema_of(kind: type[Any]) -> dict[int | str, dict[str, Any]]:
     """`responses=` for a route returning `kind`: its schema by reference."""
     (schema,), _ = msgspec.json.schema_components([kind], ref_template=REF)

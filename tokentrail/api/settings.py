@@ -29,6 +29,9 @@ class ApiSettings(BaseSettings):
     # (~2 KB each), and the events of traces read as chains (~1 KB an event).
     evidence_cache: int = Field(default=10_000, ge=0)
     trace_cache: int = Field(default=5_000, ge=0)
+    # Whole answers of chain, alert and alerts-list reads kept in memory until a write changes
+    # what they were read from (tokentrail.api.reads), at most this many MiB of JSON (0: none).
+    read_cache_mb: float = Field(default=64.0, ge=0)
     # The request log is stored in one INSERT at most this many seconds apart.
     audit_flush_s: float = Field(default=1.0, gt=0)
     # Requests whose route code runs at once (threads); the rest wait their turn in order. With
@@ -36,6 +39,10 @@ class ApiSettings(BaseSettings):
     # requests, so some wait far longer than others: at 50 clients on 2 cores, 4 threads gave
     # p99 ~2x p50, 8 or 40 threads 4-6x (docs/PERFORMANCE.md, API under load).
     threads: int = Field(default_factory=lambda: 2 * (os.cpu_count() or 1), ge=1)
+    # Threads of their own for the short reads an analyst waits on: an API key checked again
+    # (every `key_cache_s`), a chain or alert not kept in memory. In the common queue they
+    # waited behind blast radius and event pages (docs/PERFORMANCE.md, API under load).
+    interactive_threads: int = Field(default=2, ge=1)
 
 
 def api_settings(**overrides: object) -> ApiSettings:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import duckdb
+from anyio import CapacityLimiter
 
 from tokentrail.api.audit import AuditLog
 from tokentrail.api.auth import KeyCache
 from tokentrail.api.cache import EventCache, HopCache
 from tokentrail.api.metrics import Metrics
+from tokentrail.api.reads import Changes, ReadModel
 from tokentrail.api.settings import ApiSettings
 from tokentrail.catalog import Catalog
 from tokentrail.histogram import Histogram
@@ -41,14 +44,17 @@ class ApiState:
     keys: KeyCache = field(init=False)
     evidence: EventCache = field(init=False)
     hops: HopCache = field(init=False)
+    reads: ReadModel = field(init=False)
     audit: AuditLog = field(init=False)
     _root: duckdb.DuckDBPyConnection | None = None
+    _interactive: CapacityLimiter | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.keys = KeyCache(ttl_s=self.settings.key_cache_s)
         self.evidence = EventCache(self.settings.evidence_cache)
         self.hops = HopCache(self.settings.trace_cache)
+        self.reads = ReadModel(max_bytes=int(self.settings.read_cache_mb * (1 << 20)))
         # Not started: rows are stored as they come until the app's lifespan starts the thread.
         self.audit = AuditLog(self.cursor, every_s=self.settings.audit_flush_s)
 
@@ -58,6 +64,13 @@ class ApiState:
             if self._root is None:
                 self._root = self.store.conn.cursor()
             return self._root.cursor()
+
+    def interactive(self) -> CapacityLimiter:
+        """The request threads of short interactive reads (`ApiSettings.interactive_threads`);
+        made on first use, from the event loop."""
+        if self._interactive is None:
+            self._interactive = CapacityLimiter(self.settings.interactive_threads)
+        return self._interactive
 
     def close(self) -> None:
         with self._lock:
@@ -88,6 +101,9 @@ class ConsumerStatus(Protocol):
     def start(self) -> None: ...
 
     def stop(self) -> None: ...  # finish the batch in hand, then return
+
+    # `listener` learns what each of its commits may have changed, right after the commit.
+    def subscribe(self, listener: Callable[[Changes], None]) -> None: ...
 
 
 def harden(conn: duckdb.DuckDBPyConnection) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -109,6 +109,9 @@ class Detection:
         for rule in self.rules.rules:
             self._meta[rule.id] = Meta(rule.mitre, rule.owasp_nhi, rule.runbook)
         self.totals = PassResult()
+        # Called after each pass that wrote alerts, with the ids it wrote (created, updated or
+        # superseded), once they are committed: readers that keep alerts in memory drop those.
+        self.alert_listeners: list[Callable[[frozenset[str]], None]] = []
         # Long passes would draw DuckDB's progress bar over the ingest's own.
         store.conn.execute("SET enable_progress_bar = false")
 
@@ -204,14 +207,16 @@ class Detection:
         result.alerts_new = created
         result.alerts_updated = len(alerts) - created
         result.suppressed = sum(1 for a in alerts if a.status == "suppressed")
+        written = {a.alert_id for a in alerts}
         conn.begin()
         try:
             sql.learn(conn)
             sql.upsert_alerts(conn, alerts=alerts)
             if reordered:
-                new, updated = self._redecide(reordered, mark, dormant_us, errors)
+                new, rewritten = self._redecide(reordered, mark, dormant_us, errors)
                 result.alerts_new += new
-                result.alerts_updated += updated
+                result.alerts_updated += len(rewritten) - new
+                written |= rewritten
             sql.save_progress(
                 conn,
                 ts_us=mark[0],
@@ -226,6 +231,9 @@ class Detection:
             conn.rollback()
             raise
         conn.commit()
+        if written:
+            for listener in self.alert_listeners:
+                listener(frozenset(written))
         sql.drop_window(conn)
         for detector_id, _ in errors:
             result.errors[detector_id] = result.errors.get(detector_id, 0) + 1
@@ -272,10 +280,11 @@ class Detection:
         mark: tuple[int, str],
         dormant_us: int,
         errors: list[tuple[str, str]],
-    ) -> tuple[int, int]:
+    ) -> tuple[int, set[str]]:
         """Decide the per-token findings of `tokens` again by event time over all their
         processed uses, and put the alerts an in-order read gives (ids, first events, counts,
-        evidence) in place of the ones arrival order gave. Returns (new, updated) alerts."""
+        evidence) in place of the ones arrival order gave. Returns how many alerts are new, and
+        the ids of every alert written (new, updated or superseded)."""
         conn = self.store.conn
         with sql.catalog_tables(conn, catalog=self.catalog, tasks=self.rules.tasks):
             calls = sql.redecide(
@@ -301,7 +310,7 @@ class Detection:
                 continue
             decided.append(detector.id)
         if not decided:
-            return 0, 0
+            return 0, set()
         rebuilt, _ = self._merge(findings, current={})
         old = {a.alert_id: a for a in sql.token_alerts(conn, tokens=tokens, detectors=decided)}
         fresh = {a.alert_id for a in rebuilt}
@@ -331,7 +340,7 @@ class Detection:
         sql.supersede_alerts(conn, alert_ids=[a.alert_id for a in gone])
         sql.upsert_alerts(conn, alerts=changed)
         new = sum(1 for b in changed if b.alert_id not in old)
-        return new, len(changed) - new
+        return new, {b.alert_id for b in changed} | {a.alert_id for a in gone}
 
     def _merge(
         self, findings: list[Finding], current: dict[tuple[str, str], AlertRow] | None = None

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 import duckdb
 
@@ -26,8 +26,8 @@ from tokentrail.graph.model import Result, utc
 from tokentrail.store.graph import (
     HopRow,
     chain_hops,
-    descendant_pairs,
     edge_rows,
+    lineage_below,
     token_scopes,
 )
 
@@ -343,12 +343,21 @@ def compare_sets(before: set[str], after: set[str]) -> Relation:
     return "different"
 
 
-def store_comparison(conn: duckdb.DuckDBPyConnection, tokens: Iterable[str]) -> Compare:
+def store_comparison(
+    conn: duckdb.DuckDBPyConnection,
+    tokens: Iterable[str],
+    *,
+    below: dict[str, set[str]] | None = None,
+) -> Compare:
     """Compare tokens by their granted scopes, or by their observed direct reach when a grant is
-    unknown; lineage says whether the new token was derived from the caller's."""
+    unknown; lineage says whether the new token was derived from the caller's (`below`: each
+    token's descendants, read already)."""
     wanted = sorted(set(tokens))
     scopes = {t: set(s) for t, s in token_scopes(conn, token_ids=wanted).items() if s}
-    derived = descendant_pairs(conn, token_ids=wanted)
+    if below is None:
+        below = lineage_below(conn, token_ids=wanted)
+    among = set(wanted)
+    derived = {(a, d) for a in wanted for d in below.get(a, ()) if d in among}
     reach: dict[str, set[str]] = {}
 
     def reach_of(token: str) -> set[str]:
@@ -375,16 +384,36 @@ def store_comparison(conn: duckdb.DuckDBPyConnection, tokens: Iterable[str]) -> 
     return compare
 
 
-def load_chain(
+class ChainRead(NamedTuple):
+    """A chain and every token its answer was read from: the tokens of its hops (their scopes,
+    edges) and, when there are several, every token derived from them. A new lineage link
+    that makes one hop's token an ancestor of another's starts below a token in this set, so
+    a store change that touches none of them, nor the trace, leaves the chain as it is."""
+
+    chain: Chain
+    tokens: frozenset[str]
+
+
+def read_chain(
     conn: duckdb.DuckDBPyConnection, *, trace_id: str, hops: Sequence[HopRow] | None = None
-) -> Chain:
-    """The chain of a trace as stored now (empty spans when the trace is unknown); `hops`, when
-    given, are its stored events read already (the API keeps them: tokentrail.api.cache)."""
+) -> ChainRead:
+    """The chain of a trace as stored now (empty spans when the trace is unknown) and what it
+    was read from; `hops`, when given, are its stored events read already."""
     if hops is None:
         hops = chain_hops(conn, trace_id=trace_id)
     tokens = {h.token_id for h in hops}
-    compare = store_comparison(conn, tokens) if len(tokens) > 1 else _unknown
-    return build_chain(trace_id, hops, compare)
+    if len(tokens) <= 1:  # no token switch to judge: the hops are the whole answer
+        return ChainRead(build_chain(trace_id, hops, _unknown), frozenset(tokens))
+    below = lineage_below(conn, token_ids=sorted(tokens))
+    chain = build_chain(trace_id, hops, store_comparison(conn, tokens, below=below))
+    return ChainRead(chain, frozenset(tokens).union(*below.values()))
+
+
+def load_chain(
+    conn: duckdb.DuckDBPyConnection, *, trace_id: str, hops: Sequence[HopRow] | None = None
+) -> Chain:
+    """The chain of a trace as stored now (empty spans when the trace is unknown)."""
+    return read_chain(conn, trace_id=trace_id, hops=hops).chain
 
 
 def hop(

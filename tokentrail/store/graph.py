@@ -1263,15 +1263,6 @@ def lineage_above(conn: duckdb.DuckDBPyConnection, *, token_ids: Sequence[str]) 
     return found
 
 
-def descendant_pairs(
-    conn: duckdb.DuckDBPyConnection, *, token_ids: Sequence[str]
-) -> set[tuple[str, str]]:
-    """(ancestor, descendant) pairs among the given tokens, through any depth of lineage."""
-    wanted = set(token_ids)
-    below = lineage_below(conn, token_ids=sorted(wanted))
-    return {(a, d) for a, found in below.items() for d in found if d in wanted}
-
-
 # --- paths and exposure ----------------------------------------------------------------------
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
 
 from tokentrail.api.deps import AnalystDep, ConnDep, StateDep, ViewerDep
-from tokentrail.api.encoding import ModelJSON
+from tokentrail.api.encoding import JSON, ModelJSON
 from tokentrail.api.models import (
     AlertDetail,
     AlertPublic,
@@ -17,6 +18,7 @@ from tokentrail.api.models import (
     HistoryEntry,
     Severity,
 )
+from tokentrail.api.reads import Changes, Entry
 from tokentrail.detect.model import SEVERITIES
 from tokentrail.store import alerts as alert_sql
 from tokentrail.store import api as sql
@@ -50,9 +52,9 @@ def alert_public(row: AlertRow, assignee: str | None) -> AlertPublic:
     )
 
 
-@router.get("", response_model=AlertsPublic)
-def list_alerts(
-    conn: ConnDep,
+@router.get("", response_model=AlertsPublic, response_class=JSON)
+async def list_alerts(
+    state: StateDep,
     _: ViewerDep,
     severity: Annotated[list[Severity] | None, Query(description="Repeatable.")] = None,
     min_severity: Severity | None = None,
@@ -65,26 +67,36 @@ def list_alerts(
     identity: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
-) -> ModelJSON:
+) -> JSON:
     """Alerts, most severe then oldest first."""
-    levels: list[str] | None = list(severity) if severity else None
+    levels: list[str] | None = sorted(set(severity)) if severity else None
     if min_severity is not None:
         above = SEVERITIES[SEVERITIES.index(min_severity) :]
         levels = [s for s in levels if s in above] if levels else list(above)
-    statuses = list(alert_status) if alert_status else ["open", "acknowledged", "closed"]
-    rows = [
-        r
-        for r in alert_sql.list_alerts(
-            conn, severities=levels, statuses=statuses, detector=detector
+    statuses = sorted(set(alert_status)) if alert_status else ["open", "acknowledged", "closed"]
+
+    def fill() -> Entry:
+        conn = state.cursor()
+        try:
+            rows = [
+                r
+                for r in alert_sql.list_alerts(
+                    conn, severities=levels, statuses=statuses, detector=detector
+                )
+                if (token_id is None or r.token_id == token_id)
+                and (identity is None or r.identity == identity)
+            ]
+            page = rows[offset : offset + limit]
+            owners = sql.assignees(conn, alert_ids=[r.alert_id for r in page])
+        finally:
+            conn.close()
+        found = AlertsPublic(
+            data=[alert_public(r, owners.get(r.alert_id)) for r in page], count=len(rows)
         )
-        if (token_id is None or r.token_id == token_id)
-        and (identity is None or r.identity == identity)
-    ]
-    page = rows[offset : offset + limit]
-    owners = sql.assignees(conn, alert_ids=[r.alert_id for r in page])
-    return ModelJSON(
-        AlertsPublic(data=[alert_public(r, owners.get(r.alert_id)) for r in page], count=len(rows))
-    )
+        return Entry(found.model_dump_json().encode(), every_alert=True)
+
+    asked = json.dumps([levels, statuses, detector, token_id, identity, limit, offset])
+    return JSON(await state.reads.read(("alerts", asked), fill, state.interactive()))
 
 
 def _detail(conn: ConnDep, state: StateDep, alert_id: str) -> AlertDetail:
@@ -102,10 +114,19 @@ def _detail(conn: ConnDep, state: StateDep, alert_id: str) -> AlertDetail:
     )
 
 
-@router.get("/{alert_id}", response_model=AlertDetail)
-def get_alert(alert_id: str, conn: ConnDep, state: StateDep, _: ViewerDep) -> ModelJSON:
+@router.get("/{alert_id}", response_model=AlertDetail, response_class=JSON)
+async def get_alert(alert_id: str, state: StateDep, _: ViewerDep) -> JSON:
     """One alert with its evidence events and triage history."""
-    return ModelJSON(_detail(conn, state, alert_id))
+
+    def fill() -> Entry:
+        conn = state.cursor()
+        try:
+            detail = _detail(conn, state, alert_id)
+        finally:
+            conn.close()
+        return Entry(detail.model_dump_json().encode(), alerts=frozenset({alert_id}))
+
+    return JSON(await state.reads.read(("alert", alert_id), fill, state.interactive()))
 
 
 @router.patch("/{alert_id}", response_model=AlertDetail)
@@ -127,4 +148,5 @@ def update_alert(
     )
     if not found:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no alert {alert_id!r}")
+    state.reads.changed(Changes(alerts=frozenset({alert_id})))
     return ModelJSON(_detail(conn, state, alert_id))

@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+import msgspec
 from fastapi import APIRouter, HTTPException, status
 
-from tokentrail.api.deps import ConnDep, StateDep, ViewerDep
-from tokentrail.api.encoding import MsgspecJSON, schema_of
-from tokentrail.graph import Chain, load_chain
+from tokentrail.api.deps import StateDep, ViewerDep
+from tokentrail.api.encoding import JSON, schema_of
+from tokentrail.api.reads import Entry
+from tokentrail.graph import Chain
+from tokentrail.graph.chains import read_chain
 
 router = APIRouter(prefix="/v1/chains", tags=["chains"])
 
 
-@router.get("/{trace_id}", response_class=MsgspecJSON, responses=schema_of(Chain))
-def get_chain(trace_id: str, conn: ConnDep, state: StateDep, _: ViewerDep) -> MsgspecJSON:
+@router.get("/{trace_id}", response_class=JSON, responses=schema_of(Chain))
+async def get_chain(trace_id: str, state: StateDep, _: ViewerDep) -> JSON:
     """The chain of a trace: hops, service paths, token switches, orphans, duplicates, cycles."""
-    # The trace's events are kept between reads while its row in `traces` stays the same
-    # (tokentrail.api.cache); token switches are judged afresh.
-    chain = load_chain(conn, trace_id=trace_id, hops=state.hops.hops(conn, trace_id=trace_id))
-    if not chain.spans:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no trace {trace_id!r}")
-    return MsgspecJSON(chain)
+
+    def fill() -> Entry:
+        conn = state.cursor()
+        try:
+            # The trace's events are kept apart too (tokentrail.api.cache): a chain whose
+            # tokens changed is read again without reading its events again.
+            hops = state.hops.hops(conn, trace_id=trace_id)
+            read = read_chain(conn, trace_id=trace_id, hops=hops)
+        finally:
+            conn.close()
+        if not read.chain.spans:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no trace {trace_id!r}")
+        body = msgspec.json.encode(read.chain)
+        return Entry(body, traces=frozenset({trace_id}), tokens=read.tokens)
+
+    return JSON(await state.reads.read(("chain", trace_id), fill, state.interactive()))

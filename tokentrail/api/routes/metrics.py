@@ -54,6 +54,19 @@ def metrics(conn: ConnDep, state: StateDep, _: ViewerDep) -> PlainTextResponse:
     if state.deliverer is not None:
         lines += prometheus(conn, state.deliverer).splitlines()
     lines += state.metrics.lines()
+    kept, kept_bytes = state.reads.size()
+    lines += gauge(
+        "tokentrail_api_read_cache_reads",
+        "Chain, alert and alerts-list reads answered from memory (hit) or the store (miss).",
+        {
+            **{(("read", k), ("outcome", "hit")): n for k, n in state.reads.hits.items()},
+            **{(("read", k), ("outcome", "miss")): n for k, n in state.reads.misses.items()},
+        },
+    )
+    lines += gauge(
+        "tokentrail_api_read_cache_bytes", "JSON of the answers kept in memory.", {(): kept_bytes}
+    )
+    lines += gauge("tokentrail_api_read_cache_answers", "Answers kept in memory.", {(): kept})
     return PlainTextResponse(
         "\n".join(lines) + "\n", media_type="text/plain; version=0.0.4; charset=utf-8"
     )

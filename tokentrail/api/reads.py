@@ -1,0 +1,144 @@
+"""Whole answers of the interactive reads (a chain, an alert, the alerts list) kept in memory
+until a write changes what they were read from.
+
+Everything that writes while `serve` runs is in its process: the consumer's batches (each names
+the traces and tokens it touched: `tokentrail.batch.Batch`), detection passes (the alerts they
+wrote) and triage (`PATCH /v1/alerts/{id}`). Each reports to `ReadModel.changed` after its
+commit, and the answers read from anything it names are dropped. An answer whose read was in
+flight when a change was reported is not kept (it may have read from before the commit), so a
+kept answer is never older than the changes reported before it was read.
+
+A hit is answered on the event loop: no request thread, no cursor, no SQL. Under load that keeps
+chain and alert reads out of the queue for request threads (docs/PERFORMANCE.md, API).
+
+>>> reads = ReadModel(max_bytes=1 << 20)
+>>> ticket = reads.ticket()
+>>> reads.put(("chain", "t1"), Entry(b"{}", traces=frozenset({"t1"})), ticket)
+>>> reads.get(("chain", "t1"))
+b'{}'
+>>> reads.changed(Changes(traces=frozenset({"t1"})))
+>>> reads.get(("chain", "t1")) is None
+True
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from anyio import CapacityLimiter, to_thread
+
+from tokentrail.batch import Batch
+
+Key = tuple[str, str]  # (kind of read, its id or query)
+_NONE: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What one committed write may have changed."""
+
+    traces: frozenset[str] = _NONE
+    tokens: frozenset[str] = _NONE
+    alerts: frozenset[str] = _NONE
+
+    @classmethod
+    def of_batch(cls, batch: Batch) -> Changes:
+        return cls(traces=frozenset(batch.traces), tokens=frozenset(batch.tokens))
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """An answer and what it was read from; `every_alert`: any alert change makes it stale."""
+
+    body: bytes
+    traces: frozenset[str] = _NONE
+    tokens: frozenset[str] = _NONE
+    alerts: frozenset[str] = _NONE
+    every_alert: bool = False
+
+    def stale_after(self, changes: Changes) -> bool:
+        return (
+            not self.traces.isdisjoint(changes.traces)
+            or not self.tokens.isdisjoint(changes.tokens)
+            or not self.alerts.isdisjoint(changes.alerts)
+            or (self.every_alert and bool(changes.alerts))
+        )
+
+
+class ReadModel:
+    """Answers by key, the least recently used dropped first beyond `max_bytes` of bodies
+    (0 keeps nothing); thread-safe: requests read and fill it, writers report changes."""
+
+    def __init__(self, *, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[Key, Entry] = OrderedDict()
+        self._bytes = 0
+        # Changes reported so far: a read takes the count when it starts (`ticket`), and its
+        # answer is kept only if no change came before it ended.
+        self._changes = 0
+        self._lock = threading.Lock()
+        self.hits: dict[str, int] = {}
+        self.misses: dict[str, int] = {}
+
+    def ticket(self) -> int:
+        with self._lock:
+            return self._changes
+
+    def get(self, key: Key, *, count_miss: bool = True) -> bytes | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                if count_miss:
+                    self.misses[key[0]] = self.misses.get(key[0], 0) + 1
+                return None
+            self.hits[key[0]] = self.hits.get(key[0], 0) + 1
+            self._entries.move_to_end(key)
+            return entry.body
+
+    def put(self, key: Key, entry: Entry, ticket: int) -> None:
+        """Keep `entry` unless a change was reported since `ticket` was taken."""
+        size = len(entry.body)
+        with self._lock:
+            if ticket != self._changes or size > self.max_bytes:
+                return
+            self._drop(key)
+            self._entries[key] = entry
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                self._drop(next(iter(self._entries)))
+
+    def changed(self, changes: Changes) -> None:
+        """A write committed: drop every answer read from something it names."""
+        with self._lock:
+            self._changes += 1
+            for key in [k for k, e in self._entries.items() if e.stale_after(changes)]:
+                self._drop(key)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._changes += 1
+            self._entries.clear()
+            self._bytes = 0
+
+    def size(self) -> tuple[int, int]:
+        """(answers kept, bytes of their bodies)."""
+        with self._lock:
+            return len(self._entries), self._bytes
+
+    async def read(self, key: Key, fill: Callable[[], Entry], lane: CapacityLimiter) -> bytes:
+        """The kept answer for `key`, or `fill()` run on a thread of `lane` (and kept)."""
+        body = self.get(key)
+        if body is not None:
+            return body
+        ticket = self.ticket()
+        entry = await to_thread.run_sync(fill, limiter=lane)
+        self.put(key, entry, ticket)
+        return entry.body
+
+    def _drop(self, key: Key) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._bytes -= len(entry.body)
