@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import aiohttp
 import duckdb
 import httpx
 from kafka import KafkaConsumer, TopicPartition
@@ -64,6 +65,8 @@ class Timings:
     failures: Counter[tuple[str, str]] = field(default_factory=Counter)
     # When the phase ran (UTC), to find its requests in the server's own log afterwards.
     window: tuple[datetime, datetime] | None = None
+    # CPU time the load process itself used in the phase (all threads).
+    client_cpu_s: float = 0.0
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -122,15 +125,21 @@ def request_for(endpoint: str, ids: Ids, rng: random.Random) -> str:
     return "/v1/events?limit=100"
 
 
-async def drive(url: str, key: str, ids: Ids, *, clients: int, duration_s: float) -> Timings:
-    """`clients` concurrent clients, each a closed loop of random reads, for `duration_s`."""
+async def drive(
+    url: str, key: str, ids: Ids, *, clients: int, duration_s: float, seed: int
+) -> Timings:
+    """`clients` concurrent clients, each a closed loop of random reads on its own connection,
+    for `duration_s`. aiohttp rather than httpx: it costs the load process ~1/3 of the CPU per
+    request, CPU the server on the same 2 cores would otherwise lose (`client CPU` below)."""
     timings = Timings()
     began = datetime.now(UTC)
+    cpu0 = time.process_time()
     deadline = time.perf_counter() + duration_s
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     headers = {"Authorization": f"Bearer {key}"}
-    async with httpx.AsyncClient(
-        base_url=url, headers=headers, limits=limits, timeout=60
+    connector = aiohttp.TCPConnector(limit=clients)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(
+        base_url=url, headers=headers, connector=connector, timeout=timeout
     ) as client:
 
         async def one_client(seed: int) -> None:
@@ -139,9 +148,10 @@ async def drive(url: str, key: str, ids: Ids, *, clients: int, duration_s: float
                 endpoint = rng.choice(ENDPOINTS)
                 started = time.perf_counter()
                 try:
-                    response = await client.get(request_for(endpoint, ids, rng))
-                    outcome = str(response.status_code)
-                except httpx.HTTPError as exc:
+                    async with client.get(request_for(endpoint, ids, rng)) as response:
+                        await response.read()
+                        outcome = str(response.status)
+                except (aiohttp.ClientError, TimeoutError) as exc:
                     outcome = type(exc).__name__
                 if outcome == "200":
                     timings.by_endpoint[endpoint].append(time.perf_counter() - started)
@@ -149,8 +159,11 @@ async def drive(url: str, key: str, ids: Ids, *, clients: int, duration_s: float
                     timings.errors[endpoint] += 1
                     timings.failures[(endpoint, outcome)] += 1
 
-        await asyncio.gather(*(one_client(i) for i in range(clients)))
+        # Each phase draws its own reads (`seed`): the same draws again would find every
+        # chain and alert the previous phase read kept in memory.
+        await asyncio.gather(*(one_client(seed * 1000 + i) for i in range(clients)))
     timings.window = (began, datetime.now(UTC))
+    timings.client_cpu_s = time.process_time() - cpu0
     return timings
 
 
@@ -241,6 +254,25 @@ def stored_events(url: str, key: str) -> int:
     return int(found.group(1)) if found else 0
 
 
+def cache_reads(url: str, key: str) -> Counter[tuple[str, str]]:
+    """(read, hit|miss) -> reads so far, from the server's /metrics (tokentrail.api.reads)."""
+    text = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {key}"}, timeout=60).text
+    pattern = r'^tokentrail_api_read_cache_reads\{read="(\w+)",outcome="(\w+)"\} (\d+)'
+    return Counter({(r, o): int(n) for r, o, n in re.findall(pattern, text, re.M)})
+
+
+def print_hits(
+    phase: str, before: Counter[tuple[str, str]], after: Counter[tuple[str, str]]
+) -> None:
+    """How many of the phase's chain, alert and alerts-list reads the kept answers served."""
+    done = after - before
+    cells = []
+    for read in sorted({r for r, _ in done}):
+        hits, misses = done[(read, "hit")], done[(read, "miss")]
+        cells.append(f"{read} {hits / max(1, hits + misses):.0%} of {hits + misses:,}")
+    print(f"  {phase}: answered from memory: {', '.join(cells) or 'none'}")
+
+
 def produced(bootstrap: str) -> int:
     consumer = KafkaConsumer(bootstrap_servers=bootstrap)
     try:
@@ -305,7 +337,11 @@ def report(phases: dict[str, Timings], duration_s: float) -> None:
         print(line)
     for name in names:
         total = sum(len(v) for v in phases[name].by_endpoint.values())
-        print(f"{name}: {total / duration_s:,.0f} requests/s over all endpoints")
+        cpu_ms = phases[name].client_cpu_s * 1000 / max(1, total)
+        print(
+            f"{name}: {total / duration_s:,.0f} requests/s over all endpoints;"
+            f" client CPU {cpu_ms:.2f} ms per request"
+        )
         for (endpoint, outcome), n in sorted(phases[name].failures.items()):
             print(f"  {name} error: {endpoint} answered {outcome} x{n}")
 
@@ -318,6 +354,9 @@ def main() -> None:
     parser.add_argument("--base-days", type=float, default=1.0)
     parser.add_argument("--base-scale", type=float, default=2.0)
     parser.add_argument("--no-detect", action="store_true", help="serve --no-detect")
+    parser.add_argument(
+        "--ids", type=int, default=200, help="traces, alerts and tokens the clients pick from"
+    )
     parser.add_argument("--skip-idle", action="store_true", help="only the loaded phase")
     parser.add_argument(
         "--sequential", type=int, default=30, help="requests per endpoint one at a time (0: skip)"
@@ -336,7 +375,7 @@ def main() -> None:
         print(f"base: {events:,} events in {time.perf_counter() - t:.0f} s", flush=True)
         key = run(["keys", "create", "--db", str(db), "--role", "viewer", "--name", "bench"])
         key = key.strip().splitlines()[-1]
-        ids = sample_ids(db)
+        ids = sample_ids(db, args.ids)
         broker.create_topic(TOPIC, partitions=3)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
@@ -349,11 +388,14 @@ def main() -> None:
             if args.sequential:
                 one_at_a_time(url, key, ids, server.pid, args.sequential)
             phases: dict[str, Timings] = {}
+            hits: list[tuple[str, Counter[tuple[str, str]], Counter[tuple[str, str]]]] = []
             if not args.skip_idle:
                 print(f"idle: {args.clients} clients for {args.duration:g} s", flush=True)
+                before = cache_reads(url, key)
                 phases["idle"] = asyncio.run(
-                    drive(url, key, ids, clients=args.clients, duration_s=args.duration)
+                    drive(url, key, ids, clients=args.clients, duration_s=args.duration, seed=1)
                 )
+                hits.append(("idle", before, cache_reads(url, key)))
             simulate = ["simulate", "--kafka", broker.bootstrap, "--topic", TOPIC,
                         "--rate", f"{args.rate:g}", "--days", f"{stream_days:g}", "--scale", "4",
                         "--seed", "8", "--start", "2026-03-09T00:00:00Z"]  # fmt: skip
@@ -365,14 +407,18 @@ def main() -> None:
                     time.perf_counter(),
                 )
                 print(f"ingesting: {args.clients} clients for {args.duration:g} s", flush=True)
+                before = cache_reads(url, key)
                 phases["ingesting"] = asyncio.run(
-                    drive(url, key, ids, clients=args.clients, duration_s=args.duration)
+                    drive(url, key, ids, clients=args.clients, duration_s=args.duration, seed=2)
                 )
+                hits.append(("ingesting", before, cache_reads(url, key)))
                 elapsed = time.perf_counter() - t0
                 stored1, produced1 = stored_events(url, key), produced(broker.bootstrap)
                 if producer.poll() is not None:
                     print(f"note: the producer exited early ({producer.returncode})")
             report(phases, args.duration)
+            for phase, before, after in hits:
+                print_hits(phase, before, after)
             print(
                 f"ingest during the loaded phase: {(stored1 - stored0) / elapsed:,.0f} events/s"
                 f" stored, {(produced1 - produced0) / elapsed:,.0f} events/s produced"
