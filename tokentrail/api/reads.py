@@ -117,12 +117,6 @@ class ReadModel:
             for key in [k for k, e in self._entries.items() if e.stale_after(changes)]:
                 self._drop(key)
 
-    def clear(self) -> None:
-        with self._lock:
-            self._changes += 1
-            self._entries.clear()
-            self._bytes = 0
-
     def size(self) -> tuple[int, int]:
         """(answers kept, bytes of their bodies)."""
         with self._lock:

@@ -213,9 +213,9 @@ class Detection:
             sql.learn(conn)
             sql.upsert_alerts(conn, alerts=alerts)
             if reordered:
-                new, rewritten = self._redecide(reordered, mark, dormant_us, errors)
+                new, updated, rewritten = self._redecide(reordered, mark, dormant_us, errors)
                 result.alerts_new += new
-                result.alerts_updated += len(rewritten) - new
+                result.alerts_updated += updated
                 written |= rewritten
             sql.save_progress(
                 conn,
@@ -231,10 +231,10 @@ class Detection:
             conn.rollback()
             raise
         conn.commit()
+        sql.drop_window(conn)
         if written:
             for listener in self.alert_listeners:
                 listener(frozenset(written))
-        sql.drop_window(conn)
         for detector_id, _ in errors:
             result.errors[detector_id] = result.errors.get(detector_id, 0) + 1
         return result
@@ -280,11 +280,11 @@ class Detection:
         mark: tuple[int, str],
         dormant_us: int,
         errors: list[tuple[str, str]],
-    ) -> tuple[int, set[str]]:
+    ) -> tuple[int, int, set[str]]:
         """Decide the per-token findings of `tokens` again by event time over all their
         processed uses, and put the alerts an in-order read gives (ids, first events, counts,
-        evidence) in place of the ones arrival order gave. Returns how many alerts are new, and
-        the ids of every alert written (new, updated or superseded)."""
+        evidence) in place of the ones arrival order gave. Returns how many alerts are new and
+        updated, and the ids of every alert written (new, updated or superseded)."""
         conn = self.store.conn
         with sql.catalog_tables(conn, catalog=self.catalog, tasks=self.rules.tasks):
             calls = sql.redecide(
@@ -310,7 +310,7 @@ class Detection:
                 continue
             decided.append(detector.id)
         if not decided:
-            return 0, set()
+            return 0, 0, set()
         rebuilt, _ = self._merge(findings, current={})
         old = {a.alert_id: a for a in sql.token_alerts(conn, tokens=tokens, detectors=decided)}
         fresh = {a.alert_id for a in rebuilt}
@@ -340,7 +340,8 @@ class Detection:
         sql.supersede_alerts(conn, alert_ids=[a.alert_id for a in gone])
         sql.upsert_alerts(conn, alerts=changed)
         new = sum(1 for b in changed if b.alert_id not in old)
-        return new, {b.alert_id for b in changed} | {a.alert_id for a in gone}
+        written = {b.alert_id for b in changed} | {a.alert_id for a in gone}
+        return new, len(changed) - new, written
 
     def _merge(
         self, findings: list[Finding], current: dict[tuple[str, str], AlertRow] | None = None
