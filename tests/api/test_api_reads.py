@@ -166,7 +166,9 @@ def test_chains_stay_the_stores_answer_through_trace_scope_and_lineage_changes(
     assert served.hits().get("chain") == 2
 
     # A link between two tokens outside the chain (tok-x -> tok-y) makes tok-b tok-a's heir.
-    served.write(call(ts=T0_MS + 3 * MINUTE_MS, token_id="tok-y", token={"parent_token_id": "tok-x"}))
+    served.write(
+        call(ts=T0_MS + 3 * MINUTE_MS, token_id="tok-y", token={"parent_token_id": "tok-x"})
+    )
     assert switch(served.same(path))["derived"] is True
 
     # Granted scopes become known for both tokens: compared by scopes, not observed reach.
