@@ -248,6 +248,47 @@ def one_at_a_time(url: str, key: str, ids: Ids, pid: int, n: int) -> None:
                 measure(endpoint, [request_for(endpoint, ids, rng) for _ in range(n)])
 
 
+def caught_up(url: str, key: str, timeout_s: float = 180) -> bool:
+    """Wait until the consumer has stored everything on the topic (lag 0 on every partition)."""
+    deadline = time.monotonic() + timeout_s
+    headers = {"Authorization": f"Bearer {key}"}
+    while time.monotonic() < deadline:
+        text = httpx.get(f"{url}/metrics", headers=headers, timeout=60).text
+        lags = re.findall(r"^tokentrail_consumer_lag\{[^}]*\} (\d+)", text, re.M)
+        if lags and all(n == "0" for n in lags):
+            return True
+        time.sleep(1)
+    return False
+
+
+def kept_answers_check(url: str, key: str, ids: Ids) -> None:
+    """After the loaded phase, with the topic drained: every chain and alert the clients could
+    read, answered from memory, must be the answer read from the store (`Cache-Control:
+    no-cache`). A pair that differs is read again once: a change reported between the two
+    reads (a late detection pass) drops the kept answer, and the second pair then agrees."""
+    paths = [request_for("chain", Ids([t], [], []), random.Random(0)) for t in ids.traces]
+    paths += [request_for("alert", Ids([], [a], []), random.Random(0)) for a in ids.alerts]
+    paths.append(request_for("alerts", ids, random.Random(0)))
+    headers = {"Authorization": f"Bearer {key}"}
+    fresh = {**headers, "Cache-Control": "no-cache"}
+    before = cache_reads(url, key)
+    with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
+
+        def differs(path: str) -> bool:
+            return client.get(path).content != client.get(path, headers=fresh).content
+
+        suspects = [p for p in paths if differs(p)]
+        kept = sum(
+            n for (_, outcome), n in (cache_reads(url, key) - before).items() if outcome == "hit"
+        )
+        wrong = [p for p in suspects if differs(p)]
+    print(
+        f"answers after the loaded phase, from memory ({kept} of {len(paths)} were kept) against"
+        f" the store: {len(paths) - len(wrong)} identical"
+        + (f"; DIFFERENT: {', '.join(wrong[:5])}" if wrong else "")
+    )
+
+
 def stored_events(url: str, key: str) -> int:
     text = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {key}"}, timeout=60).text
     found = re.search(r'^tokentrail_consumer_records\{outcome="stored"\} (\d+)', text, re.M)
@@ -416,6 +457,11 @@ def main() -> None:
                 stored1, produced1 = stored_events(url, key), produced(broker.bootstrap)
                 if producer.poll() is not None:
                     print(f"note: the producer exited early ({producer.returncode})")
+            if caught_up(url, key):
+                time.sleep(5)  # detection's last pass after the topic went quiet
+                kept_answers_check(url, key, ids)
+            else:
+                print("note: the consumer did not catch up; kept answers not checked")
             report(phases, args.duration)
             for phase, before, after in hits:
                 print_hits(phase, before, after)

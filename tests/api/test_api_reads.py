@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from factories import T0_MS, call, encode
+from factories import T0_MS, call, encode, ingest
 from fastapi.testclient import TestClient
 
 from tokentrail.api import api_settings, create_app
@@ -234,3 +234,16 @@ def test_kept_answers_go_only_to_keys_that_may_read_and_are_logged(served: Serve
     assert client.get(path, headers=as_admin).json() == chain
     # Paths below a kept one are the app's.
     assert client.get("/v1/alerts/none/containment", headers=as_admin).status_code == 404
+
+
+def test_no_cache_reads_the_store(served: Served) -> None:
+    served.write(hop("s1", None, "tok-a", 0))
+    path = "/v1/chains/t1"
+    kept = served.same(path)
+    # Written around serve's write path (nothing reports it): the kept answer is not dropped...
+    ingest(served.store, [hop("s2", "s1", "tok-a", 1)])
+    assert served.cached.get(path, headers=served.headers).json() == kept
+    # ...but a client that asks for a fresh read gets the store's answer, and it is kept.
+    fresh = {**served.headers, "Cache-Control": "max-age=0, No-Cache"}
+    assert len(served.cached.get(path, headers=fresh).json()["spans"]) == 2
+    assert served.cached.get(path, headers=served.headers).json() == served.same(path)

@@ -4,10 +4,11 @@ Under load the event loop is one thread for every request, and FastAPI spends ~2
 request on routing, dependencies and parameters before a route runs (py-spy, docs/
 PERFORMANCE.md). An answer kept in memory (tokentrail.api.reads) needs none of that. This
 middleware answers `GET /v1/chains/{trace_id}` and `GET /v1/alerts/{alert_id}` from the kept
-answers when the caller's key is one the key cache holds as valid and its role may read; anything
-else (no key, a key to check again, a refused role, an answer not kept, another path) goes on to
-the app unchanged, which decides as it always does. The request log and metrics wrap this
-middleware, so a request answered here is logged and counted like any other.
+answers when the caller's key is one the key cache holds as valid and its role may read;
+anything else (no key, a key to check again, a refused role, an answer not kept,
+`Cache-Control: no-cache`, another path) goes on to the app unchanged, which decides as it
+always does. The request log and metrics wrap this middleware, so a request answered here is
+logged and counted like any other.
 """
 
 from __future__ import annotations
@@ -25,6 +26,14 @@ _KEPT = {
 _HEADERS = [(b"content-type", b"application/json")]
 # Scope key for the route template of a request answered here (the router sets `route`).
 ROUTE_TEMPLATE = "tokentrail.route_template"
+
+
+def fresh_asked(headers: list[tuple[bytes, bytes]]) -> bool:
+    """The request says `Cache-Control: no-cache`: answer from the store, not from memory."""
+    return any(
+        k == b"cache-control" and b"no-cache" in v.lower().replace(b" ", b"").split(b",")
+        for k, v in headers
+    )
 
 
 class KeptAnswers:
@@ -56,6 +65,8 @@ class KeptAnswers:
         prefix, (kind, template) = found
         ident = path[len(prefix) :]
         if not ident or "/" in ident:  # e.g. /v1/alerts/{id}/containment: the app's
+            return None
+        if fresh_asked(scope["headers"]):
             return None
         principal = self._viewer(scope)
         if principal is None:

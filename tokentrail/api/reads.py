@@ -122,9 +122,12 @@ class ReadModel:
         with self._lock:
             return len(self._entries), self._bytes
 
-    async def read(self, key: Key, fill: Callable[[], Entry], lane: CapacityLimiter) -> bytes:
-        """The kept answer for `key`, or `fill()` run on a thread of `lane` (and kept)."""
-        body = self.get(key)
+    async def read(
+        self, key: Key, fill: Callable[[], Entry], lane: CapacityLimiter, *, fresh: bool = False
+    ) -> bytes:
+        """The kept answer for `key`, or `fill()` run on a thread of `lane` (and kept);
+        `fresh`: read the store whatever is kept (`Cache-Control: no-cache`)."""
+        body = None if fresh else self.get(key)
         if body is not None:
             return body
         ticket = self.ticket()

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
 
 from tokentrail.api.deps import AnalystDep, ConnDep, StateDep, ViewerDep
 from tokentrail.api.encoding import JSON, ModelJSON
+from tokentrail.api.fastpath import fresh_asked
 from tokentrail.api.models import (
     AlertDetail,
     AlertPublic,
@@ -54,6 +55,7 @@ def alert_public(row: AlertRow, assignee: str | None) -> AlertPublic:
 
 @router.get("", response_model=AlertsPublic, response_class=JSON)
 async def list_alerts(
+    request: Request,
     state: StateDep,
     _: ViewerDep,
     severity: Annotated[list[Severity] | None, Query(description="Repeatable.")] = None,
@@ -96,7 +98,8 @@ async def list_alerts(
         return Entry(found.model_dump_json().encode(), every_alert=True)
 
     asked = json.dumps([levels, statuses, detector, token_id, identity, limit, offset])
-    return JSON(await state.reads.read(("alerts", asked), fill, state.interactive()))
+    fresh = fresh_asked(request.scope["headers"])
+    return JSON(await state.reads.read(("alerts", asked), fill, state.interactive(), fresh=fresh))
 
 
 def _detail(conn: ConnDep, state: StateDep, alert_id: str) -> AlertDetail:
@@ -115,7 +118,7 @@ def _detail(conn: ConnDep, state: StateDep, alert_id: str) -> AlertDetail:
 
 
 @router.get("/{alert_id}", response_model=AlertDetail, response_class=JSON)
-async def get_alert(alert_id: str, state: StateDep, _: ViewerDep) -> JSON:
+async def get_alert(alert_id: str, request: Request, state: StateDep, _: ViewerDep) -> JSON:
     """One alert with its evidence events and triage history."""
 
     def fill() -> Entry:
@@ -126,7 +129,8 @@ async def get_alert(alert_id: str, state: StateDep, _: ViewerDep) -> JSON:
             conn.close()
         return Entry(detail.model_dump_json().encode(), alerts=frozenset({alert_id}))
 
-    return JSON(await state.reads.read(("alert", alert_id), fill, state.interactive()))
+    fresh = fresh_asked(request.scope["headers"])
+    return JSON(await state.reads.read(("alert", alert_id), fill, state.interactive(), fresh=fresh))
 
 
 @router.patch("/{alert_id}", response_model=AlertDetail)

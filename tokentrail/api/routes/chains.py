@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import msgspec
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Request, status
 
 from tokentrail.api.deps import StateDep, ViewerDep
 from tokentrail.api.encoding import JSON, schema_of
+from tokentrail.api.fastpath import fresh_asked
 from tokentrail.api.reads import Entry
 from tokentrail.graph import Chain
 from tokentrail.graph.chains import read_chain
@@ -15,7 +16,7 @@ router = APIRouter(prefix="/v1/chains", tags=["chains"])
 
 
 @router.get("/{trace_id}", response_class=JSON, responses=schema_of(Chain))
-async def get_chain(trace_id: str, state: StateDep, _: ViewerDep) -> JSON:
+async def get_chain(trace_id: str, request: Request, state: StateDep, _: ViewerDep) -> JSON:
     """The chain of a trace: hops, service paths, token switches, orphans, duplicates, cycles."""
 
     def fill() -> Entry:
@@ -32,4 +33,5 @@ async def get_chain(trace_id: str, state: StateDep, _: ViewerDep) -> JSON:
         body = msgspec.json.encode(read.chain)
         return Entry(body, traces=frozenset({trace_id}), tokens=read.tokens)
 
-    return JSON(await state.reads.read(("chain", trace_id), fill, state.interactive()))
+    fresh = fresh_asked(request.scope["headers"])
+    return JSON(await state.reads.read(("chain", trace_id), fill, state.interactive(), fresh=fresh))
