@@ -211,29 +211,11 @@ import resource, subprocess, sys
 subprocess.run(sys.argv[1:], check=True)
 print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 """
-# `tokentrail` as installed in production. pandas is only a dev dependency (the baselines), yet
-# where it is installed pyarrow imports it on its first array conversion (+40 MB): the measured
-# process is kept from importing it, as a production install could not.
-_AS_INSTALLED = """
-import sys
-
-
-class NoPandas:  # `import pandas` fails, as where it is not installed
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "pandas":
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-
-
-sys.meta_path.insert(0, NoPandas())
-from tokentrail.cli import main
-sys.argv[0] = "tokentrail"
-main()
-"""
 
 
 def bench_rss(sizes: list[int], work: Path) -> None:
     print("(c) peak RSS of a `tokentrail ingest FILE` process (as installed: no pandas)")
-    tokentrail = [sys.executable, "-c", _AS_INSTALLED]
+    tokentrail = [sys.executable, str(Path(__file__).parent / "as_installed.py")]
     for n in sizes:
         path = work / f"rss-{n}.jsonl"
         write_file(path, n)

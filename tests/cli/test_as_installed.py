@@ -1,6 +1,6 @@
 """tokentrail as installed in production, without the dev dependencies: pandas is one of those
 (the benchmarks' baselines) and no command may need it. The test venv has it, so the commands
-run in an interpreter that cannot import it."""
+run in an interpreter that cannot import it (bench/as_installed.py)."""
 
 from __future__ import annotations
 
@@ -11,26 +11,13 @@ from pathlib import Path
 
 from factories import T0_MS, call, write_events
 
-_AS_INSTALLED = """
-import sys
-
-
-class NoPandas:  # `import pandas` fails, as where it is not installed
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "pandas":
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-
-
-sys.meta_path.insert(0, NoPandas())
-from tokentrail.cli import main
-sys.argv[0] = "tokentrail"
-main()
-"""
+# Runs `tokentrail` in an interpreter that cannot import pandas.
+AS_INSTALLED = Path(__file__).parents[2] / "bench" / "as_installed.py"
 
 
 def tokentrail(*args: str) -> str:
     done = subprocess.run(
-        [sys.executable, "-c", _AS_INSTALLED, *args],
+        [sys.executable, str(AS_INSTALLED), *args],
         capture_output=True,
         text=True,
         timeout=300,
