@@ -247,3 +247,35 @@ def test_no_cache_reads_the_store(served: Served) -> None:
     fresh = {**served.headers, "Cache-Control": "max-age=0, No-Cache"}
     assert len(served.cached.get(path, headers=fresh).json()["spans"]) == 2
     assert served.cached.get(path, headers=served.headers).json() == served.same(path)
+
+
+def test_blast_radius_stays_the_stores_answer_through_chain_and_lineage_reach(
+    served: Served,
+) -> None:
+    served.write(
+        hop("s1", None, "tok-a", 0, source="gateway", target="invoicer"),
+        hop("s2", "s1", "tok-b", 1, source="invoicer", target="ledger-api"),
+    )
+    path = "/v1/tokens/tok-a/blast-radius"
+    radius = served.same(path)
+    served.same(path)
+    hits = served.hits().get("blast-radius", 0)
+    assert hits == 1
+    served.write(call(ts=T0_MS + 2 * MINUTE_MS, token_id="tok-other", trace_id="t9"))
+    assert served.same(path) == radius
+    assert served.hits()["blast-radius"] == hits + 1  # nothing it was read from: kept
+    steps = [
+        # Downstream of tok-a's call in its trace, with another token (chain reach).
+        hop("s3", "s2", "tok-b", 3, source="ledger-api", target="payments-db"),
+        # A token derived from tok-a reaches further (derived reach)...
+        call(ts=T0_MS + 4 * MINUTE_MS, token_id="tok-d", target="secrets-vault",
+             token={"parent_token_id": "tok-a"}),
+        # ...and one derived from that one, further still.
+        call(ts=T0_MS + 5 * MINUTE_MS, token_id="tok-e", target="hr-db",
+             token={"parent_token_id": "tok-d"}),
+    ]  # fmt: skip
+    for step in steps:
+        served.write(step)
+        now = served.same(path)
+        assert now != radius, step
+        radius = now

@@ -21,6 +21,7 @@ from tokentrail.histogram import Histogram
 from tokentrail.ingest.kafka import KafkaIngest
 from tokentrail.ingest.pipeline import BatchHook, Pipeline
 from tokentrail.store import BatchResult, Store
+from tokentrail.store.graph import last_reach_changes
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +115,12 @@ class BackgroundConsumer:
         if self.engine is not None:
             self.engine.alert_listeners.append(lambda ids: listener(Changes(alerts=ids)))
 
-    def _report(self, batch: Batch, _: BatchResult) -> None:
-        if batch.traces or batch.tokens:
-            changes = Changes.of_batch(batch)
+    def _report(self, batch: Batch, result: BatchResult) -> None:
+        if self._listeners and (batch.traces or batch.tokens):
+            # A token's blast radius also changes with a hop of another token downstream of
+            # its own in a trace: the store marked those in `reach_changes`.
+            reach = last_reach_changes(self.pipeline.store.conn) if result.stored else set()
+            changes = Changes.of_batch(batch, reach=reach)
             for listener in self._listeners:
                 listener(changes)
 

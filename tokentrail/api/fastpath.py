@@ -1,14 +1,14 @@
-"""Kept chains and alerts answered before routing: the cheapest way through the event loop.
+"""Kept answers given before routing: the cheapest way through the event loop.
 
 Under load the event loop is one thread for every request, and FastAPI spends ~2 ms of it per
 request on routing, dependencies and parameters before a route runs (py-spy, docs/
 PERFORMANCE.md). An answer kept in memory (tokentrail.api.reads) needs none of that. This
-middleware answers `GET /v1/chains/{trace_id}` and `GET /v1/alerts/{alert_id}` from the kept
-answers when the caller's key is one the key cache holds as valid and its role may read;
-anything else (no key, a key to check again, a refused role, an answer not kept,
-`Cache-Control: no-cache`, another path) goes on to the app unchanged, which decides as it
-always does. The request log and metrics wrap this middleware, so a request answered here is
-logged and counted like any other.
+middleware answers `GET /v1/chains/{trace_id}`, `GET /v1/alerts/{alert_id}` and
+`GET /v1/tokens/{token_id}/blast-radius` from the kept answers when the caller's key is one
+the key cache holds as valid and its role may read; anything else (no key, a key to check
+again, a refused role, an answer not kept, `Cache-Control: no-cache`, another path) goes on to
+the app unchanged, which decides as it always does. The request log and metrics wrap this
+middleware, so a request answered here is logged and counted like any other.
 """
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tokentrail.api.auth import Principal, Role
 from tokentrail.api.state import ApiState
 
-# Path prefix -> the read model's kind (as the routes key their answers), the route's template.
+# (path prefix, suffix) -> the read model's kind (as the routes key their answers), the route's
+# template.
 _KEPT = {
-    "/v1/chains/": ("chain", "/v1/chains/{trace_id}"),
-    "/v1/alerts/": ("alert", "/v1/alerts/{alert_id}"),
+    ("/v1/chains/", ""): ("chain", "/v1/chains/{trace_id}"),
+    ("/v1/alerts/", ""): ("alert", "/v1/alerts/{alert_id}"),
+    ("/v1/tokens/", "/blast-radius"): ("blast-radius", "/v1/tokens/{token_id}/blast-radius"),
 }
 _HEADERS = [(b"content-type", b"application/json")]
 # Scope key for the route template of a request answered here (the router sets `route`).
@@ -59,11 +61,17 @@ class KeptAnswers:
 
     def _kept(self, scope: Scope) -> bytes | None:
         path: str = scope["path"]
-        found = next(((p, k) for p, k in _KEPT.items() if path.startswith(p)), None)
+        found = next(
+            (
+                (path[len(prefix) : len(path) - len(suffix)], read)
+                for (prefix, suffix), read in _KEPT.items()
+                if path.startswith(prefix) and path.endswith(suffix)
+            ),
+            None,
+        )
         if found is None:
             return None
-        prefix, (kind, template) = found
-        ident = path[len(prefix) :]
+        ident, (kind, template) = found
         if not ident or "/" in ident:  # e.g. /v1/alerts/{id}/containment: the app's
             return None
         if fresh_asked(scope["headers"]):

@@ -1,15 +1,16 @@
-"""Whole answers of the interactive reads (a chain, an alert, the alerts list) kept in memory
-until a write changes what they were read from.
+"""Whole answers of the common reads (a chain, an alert, the alerts list, a token's blast
+radius) kept in memory until a write changes what they were read from.
 
 Everything that writes while `serve` runs is in its process: the consumer's batches (each names
-the traces and tokens it touched: `tokentrail.batch.Batch`), detection passes (the alerts they
-wrote) and triage (`PATCH /v1/alerts/{id}`). Each reports to `ReadModel.changed` after its
-commit, and the answers read from anything it names are dropped. An answer whose read was in
+the traces and tokens it touched, `tokentrail.batch.Batch`, and the tokens whose reach it
+changed), detection passes (the alerts they wrote) and triage (`PATCH /v1/alerts/{id}`). Each
+reports to `ReadModel.changed` after its commit, and the answers read from anything it names
+are dropped. An answer whose read was in
 flight when a change was reported is not kept (it may have read from before the commit), so a
 kept answer is never older than the changes reported before it was read.
 
 A hit is answered on the event loop: no request thread, no cursor, no SQL. Under load that keeps
-chain and alert reads out of the queue for request threads (docs/PERFORMANCE.md, API).
+these reads out of the queue for request threads (docs/PERFORMANCE.md, API).
 
 >>> reads = ReadModel(max_bytes=1 << 20)
 >>> ticket = reads.ticket()
@@ -45,8 +46,11 @@ class Changes:
     alerts: frozenset[str] = _NONE
 
     @classmethod
-    def of_batch(cls, batch: Batch) -> Changes:
-        return cls(traces=frozenset(batch.traces), tokens=frozenset(batch.tokens))
+    def of_batch(cls, batch: Batch, *, reach: set[str] | None = None) -> Changes:
+        """What a stored batch may have changed; `reach`: the tokens whose reach it changed
+        (tokentrail.store.graph.last_reach_changes), beyond those it used or named."""
+        tokens = batch.tokens | (reach or set())
+        return cls(traces=frozenset(batch.traces), tokens=frozenset(tokens))
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,8 +29,9 @@ class ApiSettings(BaseSettings):
     # (~2 KB each), and the events of traces read as chains (~1 KB an event).
     evidence_cache: int = Field(default=10_000, ge=0)
     trace_cache: int = Field(default=5_000, ge=0)
-    # Whole answers of chain, alert and alerts-list reads kept in memory until a write changes
-    # what they were read from (tokentrail.api.reads), at most this many MiB of JSON (0: none).
+    # Whole answers of chain, alert, alerts-list and blast-radius reads kept in memory until a
+    # write changes what they were read from (tokentrail.api.reads), at most this many MiB of
+    # JSON (0: none).
     read_cache_mb: float = Field(default=64.0, ge=0)
     # The request log is stored in one INSERT at most this many seconds apart.
     audit_flush_s: float = Field(default=1.0, gt=0)

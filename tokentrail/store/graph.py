@@ -429,6 +429,17 @@ def merge_service_hops(conn: duckdb.DuckDBPyConnection, *, new_events: str | Non
     conn.execute(_MERGE_HOPS.format(seeds=seeds))
 
 
+def last_reach_changes(conn: duckdb.DuckDBPyConnection) -> set[str]:
+    """The tokens whose reach the last merged batch may have changed (`reach_changes` marked
+    at the current `graph_batch`): its callers, every token of a trace it touched, parents of
+    its new links."""
+    rows = conn.execute(
+        "SELECT token_id FROM reach_changes WHERE batch ="
+        f" (SELECT CAST(value AS BIGINT) FROM meta WHERE key = '{BATCH_KEY}')"
+    ).fetchall()
+    return {str(token) for (token,) in rows}
+
+
 def merge_graph(
     conn: duckdb.DuckDBPyConnection, *, new_events: str, hops: bool = True, traces: bool = True
 ) -> None:

@@ -57,7 +57,7 @@ def metrics(conn: ConnDep, state: StateDep, _: ViewerDep) -> PlainTextResponse:
     kept, kept_bytes = state.reads.size()
     lines += gauge(
         "tokentrail_api_read_cache_reads",
-        "Chain, alert and alerts-list reads answered from memory (hit) or the store (miss).",
+        "Kept reads (tokentrail.api.reads) answered from memory (hit) or the store (miss).",
         {
             **{(("read", k), ("outcome", "hit")): n for k, n in state.reads.hits.items()},
             **{(("read", k), ("outcome", "miss")): n for k, n in state.reads.misses.items()},
