@@ -262,12 +262,14 @@ def caught_up(url: str, key: str, timeout_s: float = 180) -> bool:
 
 
 def kept_answers_check(url: str, key: str, ids: Ids) -> None:
-    """After the loaded phase, with the topic drained: every chain and alert the clients could
-    read, answered from memory, must be the answer read from the store (`Cache-Control:
-    no-cache`). A pair that differs is read again once: a change reported between the two
-    reads (a late detection pass) drops the kept answer, and the second pair then agrees."""
+    """After the loaded phase, with the topic drained: every chain, alert and blast radius the
+    clients could read, answered from memory, must be the answer read from the store
+    (`Cache-Control: no-cache`). A pair that differs is read again once: a change reported
+    between the two reads (a late detection pass) drops the kept answer, and the second pair
+    then agrees."""
     paths = [request_for("chain", Ids([t], [], []), random.Random(0)) for t in ids.traces]
     paths += [request_for("alert", Ids([], [a], []), random.Random(0)) for a in ids.alerts]
+    paths += [request_for("blast-radius", Ids([], [], [t]), random.Random(0)) for t in ids.tokens]
     paths.append(request_for("alerts", ids, random.Random(0)))
     headers = {"Authorization": f"Bearer {key}"}
     fresh = {**headers, "Cache-Control": "no-cache"}
@@ -298,7 +300,7 @@ def stored_events(url: str, key: str) -> int:
 def cache_reads(url: str, key: str) -> Counter[tuple[str, str]]:
     """(read, hit|miss) -> reads so far, from the server's /metrics (tokentrail.api.reads)."""
     text = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {key}"}, timeout=60).text
-    pattern = r'^tokentrail_api_read_cache_reads\{read="(\w+)",outcome="(\w+)"\} (\d+)'
+    pattern = r'^tokentrail_api_read_cache_reads\{read="([\w-]+)",outcome="(\w+)"\} (\d+)'
     return Counter({(r, o): int(n) for r, o, n in re.findall(pattern, text, re.M)})
 
 
