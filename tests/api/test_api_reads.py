@@ -138,6 +138,14 @@ def hop(span: str, parent: str | None, token: str, minute: int, **extra: Any) ->
     )
 
 
+def a_calls_on_with_b() -> list[dict[str, Any]]:
+    """Trace t1: tok-a calls the invoicer, which calls on with tok-b."""
+    return [
+        hop("s1", None, "tok-a", 0, source="gateway", target="invoicer"),
+        hop("s2", "s1", "tok-b", 1, source="invoicer", target="ledger-api"),
+    ]
+
+
 def switch(chain: Any) -> dict[str, Any]:
     (found,) = [s for s in chain["token_switches"] if s["to_token"] == "tok-b"]
     return dict(found)
@@ -146,11 +154,9 @@ def switch(chain: Any) -> dict[str, Any]:
 def test_chains_stay_the_stores_answer_through_trace_scope_and_lineage_changes(
     served: Served,
 ) -> None:
-    # t1: tok-a calls on with tok-b. Lineage so far: tok-a -> tok-x and tok-y -> tok-b, so
-    # tok-b is not (yet) derived from tok-a.
+    # Lineage so far: tok-a -> tok-x and tok-y -> tok-b, so tok-b is not (yet) derived from tok-a.
     served.write(
-        hop("s1", None, "tok-a", 0, source="gateway", target="invoicer"),
-        hop("s2", "s1", "tok-b", 1, source="invoicer", target="ledger-api"),
+        *a_calls_on_with_b(),
         call(ts=T0_MS, token_id="tok-x", token={"parent_token_id": "tok-a"}),
         call(ts=T0_MS, token_id="tok-b", token={"parent_token_id": "tok-y"}),
     )
@@ -252,10 +258,7 @@ def test_no_cache_reads_the_store(served: Served) -> None:
 def test_blast_radius_stays_the_stores_answer_through_chain_and_lineage_reach(
     served: Served,
 ) -> None:
-    served.write(
-        hop("s1", None, "tok-a", 0, source="gateway", target="invoicer"),
-        hop("s2", "s1", "tok-b", 1, source="invoicer", target="ledger-api"),
-    )
+    served.write(*a_calls_on_with_b())
     path = "/v1/tokens/tok-a/blast-radius"
     radius = served.same(path)
     served.same(path)
