@@ -16,6 +16,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tokentrail.api.auth import Principal, Role
+from tokentrail.api.reads import fresh_asked
 from tokentrail.api.state import ApiState
 
 # (path prefix, suffix) -> the read model's kind (as the routes key their answers), the route's
@@ -28,14 +29,6 @@ _KEPT = {
 _HEADERS = [(b"content-type", b"application/json")]
 # Scope key for the route template of a request answered here (the router sets `route`).
 ROUTE_TEMPLATE = "tokentrail.route_template"
-
-
-def fresh_asked(headers: list[tuple[bytes, bytes]]) -> bool:
-    """The request says `Cache-Control: no-cache`: answer from the store, not from memory."""
-    return any(
-        k == b"cache-control" and b"no-cache" in v.lower().replace(b" ", b"").split(b",")
-        for k, v in headers
-    )
 
 
 class KeptAnswers:

@@ -5,9 +5,9 @@ Everything that writes while `serve` runs is in its process: the consumer's batc
 the traces and tokens it touched, `tokentrail.batch.Batch`, and the tokens whose reach it
 changed), detection passes (the alerts they wrote) and triage (`PATCH /v1/alerts/{id}`). Each
 reports to `ReadModel.changed` after its commit, and the answers read from anything it names
-are dropped. An answer whose read was in
-flight when a change was reported is not kept (it may have read from before the commit), so a
-kept answer is never older than the changes reported before it was read.
+are dropped. An answer whose read was in flight when a change was reported is not kept (it may
+have read from before the commit), so a kept answer is never older than the changes reported
+before it was read.
 
 A hit is answered on the event loop: no request thread, no cursor, no SQL. Under load that keeps
 these reads out of the queue for request threads (docs/PERFORMANCE.md, API).
@@ -35,6 +35,14 @@ from tokentrail.batch import Batch
 
 Key = tuple[str, str]  # (kind of read, its id or query)
 _NONE: frozenset[str] = frozenset()
+
+
+def fresh_asked(headers: list[tuple[bytes, bytes]]) -> bool:
+    """The request says `Cache-Control: no-cache`: answer from the store, not from memory."""
+    return any(
+        k == b"cache-control" and b"no-cache" in v.lower().replace(b" ", b"").split(b",")
+        for k, v in headers
+    )
 
 
 @dataclass(frozen=True, slots=True)

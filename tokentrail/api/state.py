@@ -10,12 +10,14 @@ from typing import Protocol
 
 import duckdb
 from anyio import CapacityLimiter
+from starlette.requests import Request
 
 from tokentrail.api.audit import AuditLog
 from tokentrail.api.auth import KeyCache
 from tokentrail.api.cache import EventCache, HopCache
+from tokentrail.api.encoding import JSON
 from tokentrail.api.metrics import Metrics
-from tokentrail.api.reads import Changes, ReadModel
+from tokentrail.api.reads import Changes, Entry, Key, ReadModel, fresh_asked
 from tokentrail.api.settings import ApiSettings
 from tokentrail.catalog import Catalog
 from tokentrail.histogram import Histogram
@@ -71,6 +73,20 @@ class ApiState:
         if self._interactive is None:
             self._interactive = CapacityLimiter(self.settings.interactive_threads)
         return self._interactive
+
+    async def kept(
+        self,
+        request: Request,
+        key: Key,
+        fill: Callable[[], Entry],
+        *,
+        lane: CapacityLimiter | None = None,
+    ) -> JSON:
+        """The answer to `request` kept under `key`, or `fill()` run on a thread of `lane`
+        (default: the interactive one) and kept; `Cache-Control: no-cache` reads the store."""
+        fresh = fresh_asked(request.scope["headers"])
+        body = await self.reads.read(key, fill, lane or self.interactive(), fresh=fresh)
+        return JSON(body)
 
     def close(self) -> None:
         with self._lock:

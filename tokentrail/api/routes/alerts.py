@@ -9,7 +9,6 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 
 from tokentrail.api.deps import AnalystDep, ConnDep, StateDep, ViewerDep
 from tokentrail.api.encoding import JSON, ModelJSON
-from tokentrail.api.fastpath import fresh_asked
 from tokentrail.api.models import (
     AlertDetail,
     AlertPublic,
@@ -78,8 +77,7 @@ async def list_alerts(
     statuses = sorted(set(alert_status)) if alert_status else ["open", "acknowledged", "closed"]
 
     def fill() -> Entry:
-        conn = state.cursor()
-        try:
+        with state.cursor() as conn:
             rows = [
                 r
                 for r in alert_sql.list_alerts(
@@ -90,16 +88,13 @@ async def list_alerts(
             ]
             page = rows[offset : offset + limit]
             owners = sql.assignees(conn, alert_ids=[r.alert_id for r in page])
-        finally:
-            conn.close()
         found = AlertsPublic(
             data=[alert_public(r, owners.get(r.alert_id)) for r in page], count=len(rows)
         )
         return Entry(found.model_dump_json().encode(), every_alert=True)
 
     asked = json.dumps([levels, statuses, detector, token_id, identity, limit, offset])
-    fresh = fresh_asked(request.scope["headers"])
-    return JSON(await state.reads.read(("alerts", asked), fill, state.interactive(), fresh=fresh))
+    return await state.kept(request, ("alerts", asked), fill)
 
 
 def _detail(conn: ConnDep, state: StateDep, alert_id: str) -> AlertDetail:
@@ -122,15 +117,11 @@ async def get_alert(alert_id: str, request: Request, state: StateDep, _: ViewerD
     """One alert with its evidence events and triage history."""
 
     def fill() -> Entry:
-        conn = state.cursor()
-        try:
+        with state.cursor() as conn:
             detail = _detail(conn, state, alert_id)
-        finally:
-            conn.close()
         return Entry(detail.model_dump_json().encode(), alerts=frozenset({alert_id}))
 
-    fresh = fresh_asked(request.scope["headers"])
-    return JSON(await state.reads.read(("alert", alert_id), fill, state.interactive(), fresh=fresh))
+    return await state.kept(request, ("alert", alert_id), fill)
 
 
 @router.patch("/{alert_id}", response_model=AlertDetail)

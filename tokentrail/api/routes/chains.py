@@ -7,7 +7,6 @@ from fastapi import APIRouter, HTTPException, Request, status
 
 from tokentrail.api.deps import StateDep, ViewerDep
 from tokentrail.api.encoding import JSON, schema_of
-from tokentrail.api.fastpath import fresh_asked
 from tokentrail.api.reads import Entry
 from tokentrail.graph import Chain
 from tokentrail.graph.chains import read_chain
@@ -20,18 +19,14 @@ async def get_chain(trace_id: str, request: Request, state: StateDep, _: ViewerD
     """The chain of a trace: hops, service paths, token switches, orphans, duplicates, cycles."""
 
     def fill() -> Entry:
-        conn = state.cursor()
-        try:
+        with state.cursor() as conn:
             # The trace's events are kept apart too (tokentrail.api.cache): a chain whose
             # tokens changed is read again without reading its events again.
             hops = state.hops.hops(conn, trace_id=trace_id)
             read = read_chain(conn, trace_id=trace_id, hops=hops)
-        finally:
-            conn.close()
         if not read.chain.spans:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no trace {trace_id!r}")
         body = msgspec.json.encode(read.chain)
         return Entry(body, traces=frozenset({trace_id}), tokens=read.tokens)
 
-    fresh = fresh_asked(request.scope["headers"])
-    return JSON(await state.reads.read(("chain", trace_id), fill, state.interactive(), fresh=fresh))
+    return await state.kept(request, ("chain", trace_id), fill)

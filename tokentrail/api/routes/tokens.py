@@ -13,7 +13,6 @@ from fastapi.responses import Response
 from tokentrail.api.deps import CatalogDep, ConnDep, StateDep, ViewerDep
 from tokentrail.api.encoding import JSON, MsgspecJSON, schema_of
 from tokentrail.api.export import CYTOSCAPE_SCHEMA, to_cytoscape, to_dot, to_graphml
-from tokentrail.api.fastpath import fresh_asked
 from tokentrail.api.models import TokensPage
 from tokentrail.api.reads import Entry
 from tokentrail.graph import (
@@ -99,20 +98,16 @@ async def get_blast_radius(
     """What the token reached, weighted, with the contribution of each target."""
 
     def fill() -> Entry:
-        conn = state.cursor()
-        try:
+        with state.cursor() as conn:
             _known(conn, token_id)
             radius = blast_radius(conn, catalog=catalog, token_id=token_id)
             # Read from the token's own rows and those of every token derived from it (direct,
             # chain and derived reach); a new link below any of them names one of them.
             below = lineage_below(conn, token_ids=[token_id])[token_id]
-        finally:
-            conn.close()
         return Entry(msgspec.json.encode(radius), tokens=frozenset({token_id, *below}))
 
-    fresh = fresh_asked(request.scope["headers"])
     lane = to_thread.current_default_thread_limiter()  # the common queue: ~40 ms of CPU
-    return JSON(await state.reads.read(("blast-radius", token_id), fill, lane, fresh=fresh))
+    return await state.kept(request, ("blast-radius", token_id), fill, lane=lane)
 
 
 @router.get("/{token_id}/lineage", response_class=MsgspecJSON, responses=schema_of(Lineage))
