@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +23,7 @@ from tokentrail.events import SAMENESS_COLUMNS
 from tokentrail.store.derived import merge_derived
 from tokentrail.store.graph import merge_graph, sort_traces
 from tokentrail.store.migrations import LATEST, current_version, migrate
-from tokentrail.store.relations import registered
+from tokentrail.store.relations import registered, transaction
 from tokentrail.store.retention import retention_floor_us
 
 __all__ = ["BatchResult", "Store"]
@@ -197,21 +195,6 @@ class Store:
             raise StoreError(f"{self.path} has no secret salt; it was not created by tokentrail")
         return bytes.fromhex(row[0])
 
-    @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self.conn.begin()
-        try:
-            yield
-        except BaseException:
-            try:
-                self.conn.rollback()
-            except duckdb.Error:
-                # The database refused even the rollback (it was invalidated): what went wrong
-                # first is the error to report.
-                log.debug("rollback failed", exc_info=True)
-            raise
-        self.conn.commit()
-
     def write_batch(self, batch: Batch) -> BatchResult:
         """Store a batch: events (deduplicated by `event_id`), derived rows, dead letters, offsets.
 
@@ -219,7 +202,7 @@ class Store:
         and dead-lettered when it does not (same id, different content: a bug or tampering).
         """
         try:
-            with self._transaction():
+            with transaction(self.conn):
                 result = self._write_batch(batch)
         except duckdb.OutOfMemoryException as exc:
             [(limit,)] = self.conn.execute("SELECT current_setting('memory_limit')").fetchall()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
 import duckdb
 import pyarrow as pa
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -46,6 +49,10 @@ def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
         yield
         conn.commit()
     except BaseException:
-        with suppress(duckdb.TransactionException):  # a failed commit has rolled back already
+        try:
             conn.rollback()
+        except duckdb.Error:
+            # A failed commit has rolled back already, or the database was invalidated and
+            # refuses even the rollback: what went wrong first is the error to report.
+            log.debug("rollback failed", exc_info=True)
         raise
