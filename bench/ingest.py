@@ -39,8 +39,8 @@ from tokentrail.config import Settings
 from tokentrail.ingest.adapters import Mapped
 from tokentrail.ingest.files import RecordFile
 from tokentrail.ingest.formats import adapt_file, adapt_records
-from tokentrail.ingest.kafka import KafkaIngest
 from tokentrail.ingest.pipeline import Pipeline
+from tokentrail.ingest.reader import KafkaReader
 from tokentrail.ingest.replay import ingest_file
 from tokentrail.store import Store
 
@@ -187,9 +187,8 @@ def tokentrail_consume(bootstrap: str, topic: str, n: int, db: Path) -> float:
     settings = Settings()
     with Store.open(db) as store:
         pipeline = Pipeline(store, settings)
-        source = KafkaIngest(
-            pipeline, bootstrap=bootstrap, topic=topic, group=f"tt-{topic}", settings=settings.kafka
-        )
+        # As `tokentrail ingest --kafka` reads: kafka-python in a process of its own.
+        source = KafkaReader(pipeline, bootstrap=bootstrap, topic=topic, group=f"tt-{topic}")
         first, started = 0, 0.0
 
         def on_batch(batch: Batch) -> None:

@@ -18,8 +18,8 @@ from tokentrail.detect.setup import detection_for, remembered_catalog
 from tokentrail.errors import TokentrailError
 from tokentrail.graph.scores import ScoreKeeper
 from tokentrail.histogram import Histogram
-from tokentrail.ingest.kafka import KafkaIngest
 from tokentrail.ingest.pipeline import BatchHook, Pipeline
+from tokentrail.ingest.reader import KafkaReader
 from tokentrail.store import BatchResult, Store
 from tokentrail.store.graph import last_reach_changes
 
@@ -67,7 +67,7 @@ class BackgroundConsumer:
             hooks.insert(1, self.engine.on_batch)
         self.pipeline = Pipeline(store, settings, hooks=hooks)
         self._bootstrap, self._topic, self._group, self._fmt = bootstrap, topic, group, fmt
-        self._source: KafkaIngest | None = None
+        self._source: KafkaReader | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._state = "stopped"
@@ -131,12 +131,11 @@ class BackgroundConsumer:
 
     def _run(self) -> None:
         try:
-            self._source = KafkaIngest(
+            self._source = KafkaReader(
                 self.pipeline,
                 bootstrap=self._bootstrap,
                 topic=self._topic,
                 group=self._group,
-                settings=self.pipeline.settings.kafka,
                 fmt=self._fmt,
             )
             if self._stop.is_set():

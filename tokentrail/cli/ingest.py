@@ -31,8 +31,8 @@ from tokentrail.detect.setup import detection_for
 from tokentrail.errors import TokentrailError
 from tokentrail.graph.scores import ScoreKeeper
 from tokentrail.ingest.files import RecordFile
-from tokentrail.ingest.kafka import KafkaIngest
 from tokentrail.ingest.pipeline import BatchHook, Pipeline, Totals
+from tokentrail.ingest.reader import KafkaReader
 from tokentrail.ingest.replay import ingest_file
 
 log = logging.getLogger(__name__)
@@ -149,14 +149,7 @@ def _ingest_kafka(
     idle_exit: float | None,
     fmt: str,
 ) -> None:
-    source = KafkaIngest(
-        pipeline,
-        bootstrap=bootstrap,
-        topic=topic,
-        group=group,
-        settings=pipeline.settings.kafka,
-        fmt=fmt,
-    )
+    source = KafkaReader(pipeline, bootstrap=bootstrap, topic=topic, group=group, fmt=fmt)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         source.stop_requested.set()

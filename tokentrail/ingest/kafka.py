@@ -33,7 +33,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
@@ -51,7 +51,7 @@ from tokentrail.batch import Batch
 from tokentrail.config import KafkaSettings
 from tokentrail.errors import ConfigError, SourceError
 from tokentrail.histogram import Histogram
-from tokentrail.ingest.pipeline import Pipeline
+from tokentrail.ingest.pipeline import Feed
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,23 @@ _PROBE_INTERVAL_S: Final = 1.0
 # A position past the high watermark for this long (several fetches, each of which refreshes the
 # watermark) is a truncated log, not a watermark a fetch or two behind a seek.
 _TRUNCATION_CONFIRM_S: Final = 3.0
+
+
+class Intake(Protocol):
+    """What the consumer needs of its pipeline (`Pipeline` in this process, or the link to the
+    one in the writing process, `tokentrail.ingest.reader`)."""
+
+    def feeder(self, fmt: str = ...) -> Feed:
+        """Validates one record into a batch."""
+
+    def submit(self, batch: Batch) -> None:
+        """Write `batch` once the write in flight is done; returns before it is stored."""
+
+    def drain(self) -> None:
+        """Wait until the write in flight is stored."""
+
+    def stored_offsets(self, *, topic: str) -> dict[int, int]:
+        """Partition -> next offset to read, as stored with the data."""
 
 
 class _NoteAssignments(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -83,7 +100,7 @@ class KafkaIngest:
 
     def __init__(
         self,
-        pipeline: Pipeline,
+        pipeline: Intake,
         *,
         bootstrap: str,
         topic: str,
@@ -227,7 +244,7 @@ class KafkaIngest:
         self._flush()  # the stored offsets then include every record read before
         self.last_activity = time.monotonic()
         self.ever_assigned = True
-        stored = self.pipeline.store.stored_offsets(topic=self.topic)
+        stored = self.pipeline.stored_offsets(topic=self.topic)
         for partition in sorted(partitions):
             self._past_end.pop(partition, None)
             if partition not in stored:

@@ -55,18 +55,17 @@ BatchHook = Callable[[Batch, BatchResult], None]
 Feed = Callable[[Batch, bytes, int | None, int], None]
 
 
-class Pipeline:
-    """Validates records into batches and writes each batch to the store."""
+class Validator:
+    """Validates records into batches: accepted, or dead-lettered with the reason.
 
-    def __init__(self, store: Store, settings: Settings, *, hooks: list[BatchHook] | None = None):
-        self.store = store
+    `salt` is the store's secret salt (`Store.salt`): redacted token ids hash with it.
+    """
+
+    def __init__(self, settings: Settings, *, salt: bytes) -> None:
         self.settings = settings
-        self.decoder = EventDecoder(salt=store.salt(), max_bytes=settings.max_event_bytes)
+        self.decoder = EventDecoder(salt=salt, max_bytes=settings.max_event_bytes)
         self.totals = Totals()
-        self._hooks = hooks or []
         self._adapters: dict[str, Adapter] = {}
-        self._writer: ThreadPoolExecutor | None = None
-        self._pending: Future[BatchResult] | None = None
 
     def feed(self, batch: Batch, raw: bytes, partition: int | None, position: int) -> None:
         """Validate one record into `batch`: accepted, or dead-lettered with its reason."""
@@ -171,6 +170,21 @@ class Pipeline:
             reason += " (secrets in raw hashed)"
             raw = scrubbed
         batch.reject(reason, raw, partition, position)
+
+
+class Pipeline(Validator):
+    """Validates records into batches and writes each batch to the store."""
+
+    def __init__(self, store: Store, settings: Settings, *, hooks: list[BatchHook] | None = None):
+        super().__init__(settings, salt=store.salt())
+        self.store = store
+        self._hooks = hooks or []
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: Future[BatchResult] | None = None
+
+    def stored_offsets(self, *, topic: str) -> dict[int, int]:
+        """Partition -> next offset to read of `topic`, as stored with the data."""
+        return self.store.stored_offsets(topic=topic)
 
     def write(self, batch: Batch) -> BatchResult:
         """Store `batch` in one transaction, then run the hooks (detection) on what was stored."""
