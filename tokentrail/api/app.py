@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ import tokentrail
 from tokentrail.api.auth import scrub
 from tokentrail.api.encoding import components
 from tokentrail.api.fastpath import ROUTE_TEMPLATE, KeptAnswers
+from tokentrail.api.lanes import lower_workers
 from tokentrail.api.limits import BodyLimit
 from tokentrail.api.models import TokensPage
 from tokentrail.api.routes import (
@@ -109,9 +111,11 @@ def create_app(
         if consumer is not None:
             consumer.start()
         delivery = DeliveryThread(store.conn, deliverer).start() if deliverer is not None else None
+        lowering = asyncio.create_task(lower_workers(settings.general_nice))
         try:
             yield
         finally:
+            lowering.cancel()
             if consumer is not None:
                 await run_in_threadpool(consumer.stop)
             if delivery is not None:

@@ -9,10 +9,10 @@ store, on a thread of the interactive lane), so a request takes one hop: its rou
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Annotated
 
 import duckdb
-from anyio import to_thread
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
@@ -61,8 +61,8 @@ async def get_principal(
         key = credentials.credentials
         principal = state.keys.cached(key)
         if principal is None:
-            principal = await to_thread.run_sync(
-                state.keys.authenticate, state.cursor, key, limiter=state.interactive()
+            principal = await state.interactive().run(
+                partial(state.keys.authenticate, state.cursor, key)
             )
     if principal is None:
         raise HTTPException(

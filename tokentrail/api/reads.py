@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-
-from anyio import CapacityLimiter, to_thread
 
 from tokentrail.batch import Batch
 
@@ -135,15 +133,20 @@ class ReadModel:
             return len(self._entries), self._bytes
 
     async def read(
-        self, key: Key, fill: Callable[[], Entry], lane: CapacityLimiter, *, fresh: bool = False
+        self,
+        key: Key,
+        fill: Callable[[], Entry],
+        run: Callable[[Callable[[], Entry]], Awaitable[Entry]],
+        *,
+        fresh: bool = False,
     ) -> bytes:
-        """The kept answer for `key`, or `fill()` run on a thread of `lane` (and kept);
+        """The kept answer for `key`, or `fill()` run on a request thread by `run` (and kept);
         `fresh`: read the store whatever is kept (`Cache-Control: no-cache`)."""
         body = None if fresh else self.get(key)
         if body is not None:
             return body
         ticket = self.ticket()
-        entry = await to_thread.run_sync(fill, limiter=lane)
+        entry = await run(fill)
         self.put(key, entry, ticket)
         return entry.body
 

@@ -44,6 +44,10 @@ class ApiSettings(BaseSettings):
     # (every `key_cache_s`), a chain or alert not kept in memory. In the common queue they
     # waited behind blast radius and event pages (docs/PERFORMANCE.md, API under load).
     interactive_threads: int = Field(default=2, ge=1)
+    # How many steps lower (nice value, Linux) the general request threads' scheduling priority
+    # is than the rest of serve's: with the CPU short, the consumer and the interactive reads run
+    # first (tokentrail.api.lanes). 0: all equal.
+    general_nice: int = Field(default=10, ge=0, le=19)
 
 
 def api_settings(**overrides: object) -> ApiSettings:

@@ -9,13 +9,14 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import duckdb
-from anyio import CapacityLimiter
+from anyio import to_thread
 from starlette.requests import Request
 
 from tokentrail.api.audit import AuditLog
 from tokentrail.api.auth import KeyCache
 from tokentrail.api.cache import EventCache, HopCache
 from tokentrail.api.encoding import JSON
+from tokentrail.api.lanes import Lane
 from tokentrail.api.metrics import Metrics
 from tokentrail.api.reads import Changes, Entry, Key, ReadModel, fresh_asked
 from tokentrail.api.settings import ApiSettings
@@ -49,7 +50,7 @@ class ApiState:
     reads: ReadModel = field(init=False)
     audit: AuditLog = field(init=False)
     _root: duckdb.DuckDBPyConnection | None = None
-    _interactive: CapacityLimiter | None = None
+    _interactive: Lane | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -67,12 +68,13 @@ class ApiState:
                 self._root = self.store.conn.cursor()
             return self._root.cursor()
 
-    def interactive(self) -> CapacityLimiter:
-        """The request threads of short interactive reads (`ApiSettings.interactive_threads`);
-        made on first use, from the event loop."""
-        if self._interactive is None:
-            self._interactive = CapacityLimiter(self.settings.interactive_threads)
-        return self._interactive
+    def interactive(self) -> Lane:
+        """The request threads of short interactive reads (`ApiSettings.interactive_threads`),
+        at the process's priority (tokentrail.api.lanes)."""
+        with self._lock:
+            if self._interactive is None:
+                self._interactive = Lane("interactive", threads=self.settings.interactive_threads)
+            return self._interactive
 
     async def kept(
         self,
@@ -80,16 +82,21 @@ class ApiState:
         key: Key,
         fill: Callable[[], Entry],
         *,
-        lane: CapacityLimiter | None = None,
+        general: bool = False,
     ) -> JSON:
-        """The answer to `request` kept under `key`, or `fill()` run on a thread of `lane`
-        (default: the interactive one) and kept; `Cache-Control: no-cache` reads the store."""
+        """The answer to `request` kept under `key`, or `fill()` run on a thread of the
+        interactive lane (`general`: of the general one) and kept; `Cache-Control: no-cache`
+        reads the store."""
         fresh = fresh_asked(request.scope["headers"])
-        body = await self.reads.read(key, fill, lane or self.interactive(), fresh=fresh)
+        run = to_thread.run_sync if general else self.interactive().run
+        body = await self.reads.read(key, fill, run, fresh=fresh)
         return JSON(body)
 
     def close(self) -> None:
         with self._lock:
+            if self._interactive is not None:
+                self._interactive.close()
+                self._interactive = None
             if self._root is not None:
                 self._root.close()
                 self._root = None
