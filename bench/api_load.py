@@ -12,8 +12,8 @@ file: chain by trace id, alerts list, alert by id, token blast radius, tokens to
 Prints first each read alone (median latency and the server's CPU time per request, which
 compares builds even on a shared machine); then per endpoint and phase: requests, p50, p99,
 errors and what they were; the ingest rate achieved during the loaded phase (from the server's
-/metrics) and what the producer managed; and the ratio of loaded to idle latency. The machine is
-shared, so read medians and ratios.
+/metrics) and what the producer managed; the CPU each process used meanwhile; and the ratio
+of loaded to idle latency. The machine is shared, so read medians and ratios.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -67,6 +67,8 @@ class Timings:
     window: tuple[datetime, datetime] | None = None
     # CPU time the load process itself used in the phase (all threads).
     client_cpu_s: float = 0.0
+    # Latencies of the reads started in the phase's first `--warmup` seconds (not in the above).
+    warmup: dict[str, list[float]] = field(default_factory=lambda: {e: [] for e in ENDPOINTS})
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -126,15 +128,18 @@ def request_for(endpoint: str, ids: Ids, rng: random.Random) -> str:
 
 
 async def drive(
-    url: str, key: str, ids: Ids, *, clients: int, duration_s: float, seed: int
+    url: str, key: str, ids: Ids, *, clients: int, duration_s: float, seed: int, warmup_s: float
 ) -> Timings:
     """`clients` concurrent clients, each a closed loop of random reads on its own connection,
-    for `duration_s`. aiohttp rather than httpx: it costs the load process ~1/3 of the CPU per
-    request, CPU the server on the same 2 cores would otherwise lose (`client CPU` below)."""
+    for `duration_s`, of which the first `warmup_s` are timed apart: all clients start at once,
+    and every read of a cold start is a first read (printed as the warm-up). aiohttp rather than
+    httpx: it costs the load process ~1/3 of the CPU per request, CPU the server on the same 2
+    cores would otherwise lose (`client CPU` below)."""
     timings = Timings()
     began = datetime.now(UTC)
     cpu0 = time.process_time()
     deadline = time.perf_counter() + duration_s
+    warm = time.perf_counter() + warmup_s
     headers = {"Authorization": f"Bearer {key}"}
     connector = aiohttp.TCPConnector(limit=clients)
     timeout = aiohttp.ClientTimeout(total=60)
@@ -154,7 +159,8 @@ async def drive(
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     outcome = type(exc).__name__
                 if outcome == "200":
-                    timings.by_endpoint[endpoint].append(time.perf_counter() - started)
+                    kept = timings.warmup if started < warm else timings.by_endpoint
+                    kept[endpoint].append(time.perf_counter() - started)
                 else:
                     timings.errors[endpoint] += 1
                     timings.failures[(endpoint, outcome)] += 1
@@ -162,7 +168,7 @@ async def drive(
         # Each phase draws its own reads (`seed`): the same draws again would find every
         # chain and alert the previous phase read kept in memory.
         await asyncio.gather(*(one_client(seed * 1000 + i) for i in range(clients)))
-    timings.window = (began, datetime.now(UTC))
+    timings.window = (began + timedelta(seconds=warmup_s), datetime.now(UTC))
     timings.client_cpu_s = time.process_time() - cpu0
     return timings
 
@@ -359,7 +365,7 @@ def started(args: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
             stop(process)
 
 
-def report(phases: dict[str, Timings], duration_s: float) -> None:
+def report(phases: dict[str, Timings], duration_s: float, warmup_s: float) -> None:
     names = list(phases)
     head = f"{'endpoint':<14}" + "".join(
         f"{f'{n} n':>10}{f'{n} p50':>12}{f'{n} p99':>12}{f'{n} err':>9}" for n in names
@@ -382,9 +388,16 @@ def report(phases: dict[str, Timings], duration_s: float) -> None:
         total = sum(len(v) for v in phases[name].by_endpoint.values())
         cpu_ms = phases[name].client_cpu_s * 1000 / max(1, total)
         print(
-            f"{name}: {total / duration_s:,.0f} requests/s over all endpoints;"
+            f"{name}: {total / (duration_s - warmup_s):,.0f} requests/s over all endpoints;"
             f" client CPU {cpu_ms:.2f} ms per request"
         )
+        warm = [
+            f"{e} {len(v)} p99 {percentile([x * 1000 for x in v], 99):,.0f} ms"
+            for e, v in phases[name].warmup.items()
+            if v and e in ("chain", "alert")
+        ]
+        if warm:
+            print(f"  {name} warm-up, not in the figures above: {', '.join(warm)}")
         for (endpoint, outcome), n in sorted(phases[name].failures.items()):
             print(f"  {name} error: {endpoint} answered {outcome} x{n}")
 
@@ -393,6 +406,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=60.0, help="seconds per phase")
     parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument(
+        "--warmup", type=float, default=5.0, help="first seconds of each phase timed apart"
+    )
     parser.add_argument("--rate", type=float, default=10_000.0, help="events/s produced")
     parser.add_argument("--base-days", type=float, default=1.0)
     parser.add_argument("--base-scale", type=float, default=2.0)
@@ -436,7 +452,15 @@ def main() -> None:
                 print(f"idle: {args.clients} clients for {args.duration:g} s", flush=True)
                 before = cache_reads(url, key)
                 phases["idle"] = asyncio.run(
-                    drive(url, key, ids, clients=args.clients, duration_s=args.duration, seed=1)
+                    drive(
+                        url,
+                        key,
+                        ids,
+                        clients=args.clients,
+                        duration_s=args.duration,
+                        seed=1,
+                        warmup_s=args.warmup,
+                    )
                 )
                 hits.append(("idle", before, cache_reads(url, key)))
             simulate = ["simulate", "--kafka", broker.bootstrap, "--topic", TOPIC,
@@ -449,13 +473,25 @@ def main() -> None:
                     produced(broker.bootstrap),
                     time.perf_counter(),
                 )
+                roles = {"serve": server.pid, "producer": producer.pid,
+                         "broker": broker.pid, "bench clients": os.getpid()}  # fmt: skip
+                cpu0 = {role: cpu_seconds(pid) for role, pid in roles.items() if pid}
                 print(f"ingesting: {args.clients} clients for {args.duration:g} s", flush=True)
                 before = cache_reads(url, key)
                 phases["ingesting"] = asyncio.run(
-                    drive(url, key, ids, clients=args.clients, duration_s=args.duration, seed=2)
+                    drive(
+                        url,
+                        key,
+                        ids,
+                        clients=args.clients,
+                        duration_s=args.duration,
+                        seed=2,
+                        warmup_s=args.warmup,
+                    )
                 )
                 hits.append(("ingesting", before, cache_reads(url, key)))
                 elapsed = time.perf_counter() - t0
+                cpu1 = {role: cpu_seconds(pid) for role, pid in roles.items() if pid}
                 stored1, produced1 = stored_events(url, key), produced(broker.bootstrap)
                 if producer.poll() is not None:
                     print(f"note: the producer exited early ({producer.returncode})")
@@ -464,13 +500,21 @@ def main() -> None:
                 kept_answers_check(url, key, ids)
             else:
                 print("note: the consumer did not catch up; kept answers not checked")
-            report(phases, args.duration)
+            report(phases, args.duration, args.warmup)
             for phase, before, after in hits:
                 print_hits(phase, before, after)
             print(
                 f"ingest during the loaded phase: {(stored1 - stored0) / elapsed:,.0f} events/s"
                 f" stored, {(produced1 - produced0) / elapsed:,.0f} events/s produced"
                 f" (asked {args.rate:,.0f}); {env_note}, shared machine"
+            )
+            print(
+                "CPU during the loaded phase, cores:",
+                ", ".join(
+                    f"{role} {(cpu1[role] - before) / elapsed:.2f}"
+                    for role, before in cpu0.items()
+                    if before is not None and cpu1.get(role) is not None
+                ),
             )
             logged = (folder / "serve.log").read_text()
             if server.poll() is not None:
