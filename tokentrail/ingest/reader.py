@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 from tokentrail.batch import Batch
 from tokentrail.config import Settings
@@ -44,8 +44,8 @@ log = logging.getLogger(__name__)
 
 # How often the child reports its lag and broker state, and the parent looks at the child.
 _STATUS_EVERY_S: Final = 0.5
-# How long a stopping child may take to store its last batch before it is killed.
-_STOP_GRACE_S: Final = 60.0
+# How long a child that said done may take to leave its consumer group before it is killed.
+_EXIT_GRACE_S: Final = 10.0
 _ERRORS: Final[dict[str, type[TokentrailError]]] = {
     "SourceError": SourceError,
     "ConfigError": ConfigError,
@@ -110,15 +110,15 @@ class KafkaReader:
             log_level=logging.getLogger().getEffectiveLevel(),
             kafka_log_level=logging.getLogger("kafka").getEffectiveLevel(),
         )
-        with _child(spec) as (child, link):
-            self.pid = child.pid
+        with _Child.started(spec) as child:
+            self.pid = child.process.pid
             # A SIGTERM before the child handles it would kill it: it says when it does.
             ready = asked_to_stop = False
             while True:
                 if ready and self.stop_requested.is_set() and not asked_to_stop:
-                    child.send_signal(signal.SIGTERM)
+                    child.process.send_signal(signal.SIGTERM)
                     asked_to_stop = True
-                message = _receive(link, child, timeout_s=_STATUS_EVERY_S)
+                message = child.receive(timeout_s=_STATUS_EVERY_S)
                 if message is None:
                     continue
                 kind = message[0]
@@ -126,9 +126,9 @@ class KafkaReader:
                     ready = True
                 elif kind == "batch":
                     self._write(message[1], message[2], on_batch)
-                    link.send(("stored",))
+                    child.send(("stored",))
                 elif kind == "offsets":
-                    link.send(("offsets", self.pipeline.stored_offsets(topic=message[1])))
+                    child.send(("offsets", self.pipeline.stored_offsets(topic=message[1])))
                 elif kind == "status":
                     self.lag, self.unreachable_since, self.log_resets = message[1:4]
                 elif kind == "error":
@@ -145,50 +145,60 @@ class KafkaReader:
             on_batch(batch)
 
 
-@contextlib.contextmanager
-def _child(spec: _Spec) -> Iterator[tuple[subprocess.Popen[bytes], Connection]]:
-    """The child process and the parent's end of the link to it; on the way out the child is
-    waited for (it is done) or killed (this side failed: what it read is not stored, and the
-    next run reads it again)."""
-    ours, theirs = socket.socketpair()
-    try:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "tokentrail.ingest.reader", str(theirs.fileno())],
-            pass_fds=(theirs.fileno(),),
-        )
-    finally:
-        theirs.close()
-    link = Connection(ours.detach())
-    try:
-        link.send(spec)
-        yield child, link
-        child.wait(_STOP_GRACE_S)
-    except BaseException:
-        child.kill()
-        raise
-    finally:
-        if child.poll() is None:
-            child.kill()
-        child.wait()
-        link.close()
+class _Child:
+    """The child process and this side's end of the link to it."""
 
+    def __init__(self, process: subprocess.Popen[bytes], link: Connection) -> None:
+        self.process = process
+        self._link = link
 
-def _receive(
-    link: Connection, child: subprocess.Popen[bytes], *, timeout_s: float
-) -> tuple[Any, ...] | None:
-    """The child's next message, or None after `timeout_s` of silence; a child that died
-    without saying why is an error."""
-    try:
-        if link.poll(timeout_s):
-            message: tuple[Any, ...] = link.recv()
-            return message
-    except (EOFError, OSError):
-        pass
-    else:
-        if child.poll() is None:
-            return None
-    code = child.wait()
-    raise SourceError(f"the Kafka reader process exited unexpectedly (exit code {code})")
+    @classmethod
+    @contextlib.contextmanager
+    def started(cls, spec: _Spec) -> Iterator[_Child]:
+        """A child consuming as `spec` says. On the way out it is given `_EXIT_GRACE_S` to
+        close its Kafka client once it said done, and killed otherwise (this side failed: what
+        it read is not stored, and the next run reads it again)."""
+        ours, theirs = socket.socketpair()
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "tokentrail.ingest.reader", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+            )
+        finally:
+            theirs.close()
+        child = cls(process, Connection(ours.detach()))
+        try:
+            child.send(spec)
+            yield child
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(_EXIT_GRACE_S)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            child._link.close()
+
+    def send(self, message: object) -> None:
+        try:
+            self._link.send(message)
+        except OSError:
+            self._died()
+
+    def receive(self, *, timeout_s: float) -> tuple[Any, ...] | None:
+        """The child's next message, or None after `timeout_s` of silence."""
+        try:
+            if self._link.poll(timeout_s):
+                message: tuple[Any, ...] = self._link.recv()
+                return message
+        except (EOFError, OSError):
+            self._died()
+        if self.process.poll() is not None:
+            self._died()
+        return None
+
+    def _died(self) -> NoReturn:
+        code = self.process.wait()
+        raise SourceError(f"the Kafka reader process exited unexpectedly (exit code {code})")
 
 
 class _Link:
