@@ -418,6 +418,11 @@ def main() -> None:
     )
     parser.add_argument("--skip-idle", action="store_true", help="only the loaded phase")
     parser.add_argument(
+        "--continuing",
+        action="store_true",
+        help="produce the base's own estate from where it ends (default: another estate)",
+    )
+    parser.add_argument(
         "--sequential", type=int, default=30, help="requests per endpoint one at a time (0: skip)"
     )
     args = parser.parse_args()
@@ -463,9 +468,17 @@ def main() -> None:
                     )
                 )
                 hits.append(("idle", before, cache_reads(url, key)))
-            simulate = ["simulate", "--kafka", broker.bootstrap, "--topic", TOPIC,
-                        "--rate", f"{args.rate:g}", "--days", f"{stream_days:g}", "--scale", "4",
-                        "--seed", "8", "--start", "2026-03-09T00:00:00Z"]  # fmt: skip
+            # Another estate a week later (no token in common with the base), or with
+            # --continuing the base's own estate from where the base ends (its tokens go on).
+            base_end = datetime(2026, 3, 2, tzinfo=UTC) + timedelta(days=args.base_days)
+            stream = (
+                ["--scale", f"{args.base_scale:g}", "--seed", "7",
+                 "--start", base_end.strftime("%Y-%m-%dT%H:%M:%SZ")]
+                if args.continuing
+                else ["--scale", "4", "--seed", "8", "--start", "2026-03-09T00:00:00Z"]
+            )  # fmt: skip
+            simulate = ["simulate", "--kafka", broker.bootstrap, "--topic", TOPIC, *stream,
+                        "--rate", f"{args.rate:g}", "--days", f"{stream_days:g}"]  # fmt: skip
             with started(simulate, folder / "simulate.log") as producer:
                 time.sleep(8)  # the consumer joins its group (~3 s) and catches up
                 stored0, produced0, t0 = (
