@@ -1006,44 +1006,58 @@ def open_alerts(
     return {(r.detector, r.dedupe_key): r for r in map(_alert, rows)}
 
 
+# `AlertRow` as an Arrow table (times in epoch micros, evidence as JSON text).
+_ALERT_ROWS: Final = pa.schema(
+    [
+        *((name, pa.string()) for name in ("alert_id", "detector", "dedupe_key", "severity")),
+        ("score", pa.float64()),
+        *((name, pa.string()) for name in ("title", "token_id", "identity")),
+        ("targets", pa.list_(pa.string())),
+        ("first_seen_us", pa.int64()),
+        ("last_seen_us", pa.int64()),
+        ("first_event_id", pa.string()),
+        ("occurrences", pa.int64()),
+        ("event_ids", pa.list_(pa.string())),
+        ("evidence", pa.string()),
+        ("mitre", pa.list_(pa.string())),
+        ("owasp_nhi", pa.list_(pa.string())),
+        *((name, pa.string()) for name in ("runbook", "status", "suppressed_by")),
+    ]
+)
+
+
 def upsert_alerts(conn: duckdb.DuckDBPyConnection, *, alerts: Sequence[AlertRow]) -> None:
-    """Insert new alerts and update the ones that took more findings (status is kept)."""
+    """Insert new alerts and update the ones that took more findings (status is kept).
+
+    One statement for all of them: row by row (`executemany`) an alert storm cost ~7 ms per
+    alert, and 681 alerts in one batch held the consumer at ~300 events/s in `serve`.
+    """
     if not alerts:
         return
-    conn.executemany(
-        "INSERT INTO alerts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, make_timestamptz(?),"
-        " make_timestamptz(?), ?, ?, ?, ?, ?, ?, ?, ?, ?, now(), now())"
-        " ON CONFLICT (alert_id) DO UPDATE SET severity = EXCLUDED.severity,"
-        " score = EXCLUDED.score, title = EXCLUDED.title, targets = EXCLUDED.targets,"
-        " last_seen = EXCLUDED.last_seen, count = EXCLUDED.count,"
-        " event_ids = EXCLUDED.event_ids, evidence = EXCLUDED.evidence,"
-        " updated_at = EXCLUDED.updated_at",
+    # One row per alert (the last given): a statement may not update a row twice.
+    rows = [
+        a._replace(evidence=json.dumps(a.evidence, sort_keys=True))  # type: ignore[arg-type]
+        for a in {a.alert_id: a for a in alerts}.values()
+    ]
+    table = pa.table(
         [
-            [
-                a.alert_id,
-                a.detector,
-                a.dedupe_key,
-                a.severity,
-                a.score,
-                a.title,
-                a.token_id,
-                a.identity,
-                a.targets,
-                a.first_seen_us,
-                a.last_seen_us,
-                a.first_event_id,
-                a.occurrences,
-                a.event_ids,
-                json.dumps(a.evidence, sort_keys=True),
-                a.mitre,
-                a.owasp_nhi,
-                a.runbook,
-                a.status,
-                a.suppressed_by,
-            ]
-            for a in alerts
+            pa.array(values, type=column.type)
+            for values, column in zip(zip(*rows, strict=True), _ALERT_ROWS, strict=True)
         ],
+        schema=_ALERT_ROWS,
     )
+    with registered(conn, tt_alert_rows=table):
+        conn.execute(
+            "INSERT INTO alerts SELECT alert_id, detector, dedupe_key, severity, score, title,"
+            " token_id, identity, targets, make_timestamptz(first_seen_us),"
+            " make_timestamptz(last_seen_us), first_event_id, occurrences, event_ids, evidence,"
+            " mitre, owasp_nhi, runbook, status, suppressed_by, now(), now() FROM tt_alert_rows"
+            " ON CONFLICT (alert_id) DO UPDATE SET severity = EXCLUDED.severity,"
+            " score = EXCLUDED.score, title = EXCLUDED.title, targets = EXCLUDED.targets,"
+            " last_seen = EXCLUDED.last_seen, count = EXCLUDED.count,"
+            " event_ids = EXCLUDED.event_ids, evidence = EXCLUDED.evidence,"
+            " updated_at = EXCLUDED.updated_at"
+        )
 
 
 def list_alerts(
