@@ -426,9 +426,10 @@ def main() -> None:
         "--sequential", type=int, default=30, help="requests per endpoint one at a time (0: skip)"
     )
     args = parser.parse_args()
-    # Enough simulated traffic for the whole loaded phase at the asked rate (~130k events a
-    # day at scale 4), so the producer never runs dry.
-    stream_days = max(1.0, args.rate * (args.duration + 30) / 100_000)
+    # Enough simulated traffic for the whole loaded phase at the asked rate (~35k events a day
+    # per unit of scale, less taken for margin), so the producer never runs dry.
+    scale = args.base_scale if args.continuing else 4.0
+    stream_days = max(1.0, args.rate * (args.duration + 30) / (25_000 * scale))
 
     with tempfile.TemporaryDirectory(prefix="tt-api-load-") as tmp, EmbeddedBroker() as broker:
         folder = Path(tmp)
