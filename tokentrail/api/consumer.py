@@ -1,5 +1,6 @@
 """The Kafka consumer of `tokentrail serve --kafka`: ingest and detection on a background thread,
-writing with the store's connection while the API reads through cursors of it."""
+writing with the store's connection while the API reads through cursors of it (kafka-python and
+validation run in a child process: tokentrail.ingest.reader)."""
 
 from __future__ import annotations
 
@@ -97,7 +98,7 @@ class BackgroundConsumer:
         return dict(self._source.lag) if self._source is not None else {}
 
     def write_seconds(self) -> Histogram | None:
-        """How long each poll took to store (validation, write, detection)."""
+        """How long each batch took to store (write and detection)."""
         return self._source.write_seconds if self._source is not None else None
 
     def totals(self) -> dict[str, int]:

@@ -307,4 +307,6 @@ def _child_main(fd: int) -> int:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 2 or not sys.argv[1].isdigit():
+        sys.exit("tokentrail.ingest.reader is started by `tokentrail ingest --kafka` and `serve`")
     sys.exit(_child_main(int(sys.argv[1])))
