@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import random
 import re
@@ -452,22 +453,16 @@ def main() -> None:
             wait_ready(url, server)
             if args.sequential:
                 one_at_a_time(url, key, ids, server.pid, args.sequential)
+            load = functools.partial(
+                drive, url, key, ids, clients=args.clients, duration_s=args.duration,
+                warmup_s=args.warmup,
+            )  # fmt: skip
             phases: dict[str, Timings] = {}
             hits: list[tuple[str, Counter[tuple[str, str]], Counter[tuple[str, str]]]] = []
             if not args.skip_idle:
                 print(f"idle: {args.clients} clients for {args.duration:g} s", flush=True)
                 before = cache_reads(url, key)
-                phases["idle"] = asyncio.run(
-                    drive(
-                        url,
-                        key,
-                        ids,
-                        clients=args.clients,
-                        duration_s=args.duration,
-                        seed=1,
-                        warmup_s=args.warmup,
-                    )
-                )
+                phases["idle"] = asyncio.run(load(seed=1))
                 hits.append(("idle", before, cache_reads(url, key)))
             # Another estate a week later (no token in common with the base), or with
             # --continuing the base's own estate from where the base ends (its tokens go on).
@@ -492,17 +487,7 @@ def main() -> None:
                 cpu0 = {role: cpu_seconds(pid) for role, pid in roles.items() if pid}
                 print(f"ingesting: {args.clients} clients for {args.duration:g} s", flush=True)
                 before = cache_reads(url, key)
-                phases["ingesting"] = asyncio.run(
-                    drive(
-                        url,
-                        key,
-                        ids,
-                        clients=args.clients,
-                        duration_s=args.duration,
-                        seed=2,
-                        warmup_s=args.warmup,
-                    )
-                )
+                phases["ingesting"] = asyncio.run(load(seed=2))
                 hits.append(("ingesting", before, cache_reads(url, key)))
                 elapsed = time.perf_counter() - t0
                 cpu1 = {role: cpu_seconds(pid) for role, pid in roles.items() if pid}

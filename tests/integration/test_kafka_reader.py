@@ -4,13 +4,14 @@ fails is one clear error, never a hang."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,8 +28,20 @@ from tokentrail.store import Store
 pytestmark = pytest.mark.kafka
 
 
-def small_batches() -> Settings:
-    return Settings.model_validate({"kafka": {"batch_records": 100, "max_poll_records": 100}})
+SMALL_BATCHES = Settings.model_validate({"kafka": {"batch_records": 100, "max_poll_records": 100}})
+
+
+@contextlib.contextmanager
+def reading(
+    broker: EmbeddedBroker, topic: str, db: Path, settings: Settings
+) -> Iterator[tuple[Store, Pipeline, KafkaReader]]:
+    """A store, its pipeline and a reader of `topic` feeding it."""
+    with Store.open(db) as store, Pipeline(store, settings) as pipeline:
+        yield (
+            store,
+            pipeline,
+            KafkaReader(pipeline, bootstrap=broker.bootstrap, topic=topic, group=f"g-{topic}"),
+        )
 
 
 def test_every_record_is_stored_once_and_counted(
@@ -36,10 +49,8 @@ def test_every_record_is_stored_once_and_counted(
 ) -> None:
     name = topic(partitions=2)
     n = produce(broker, name, events(700))
-    settings = small_batches()
     batches: list[int] = []
-    with Store.open(tmp_path / "t.duckdb") as store, Pipeline(store, settings) as pipeline:
-        reader = KafkaReader(pipeline, bootstrap=broker.bootstrap, topic=name, group=f"g-{name}")
+    with reading(broker, name, tmp_path / "t.duckdb", SMALL_BATCHES) as (store, pipeline, reader):
         reader.run(idle_exit=3, on_batch=lambda batch: batches.append(len(batch)))
         assert store.stats()["events"] == n
         assert sum(store.stored_offsets(topic=name).values()) == n
@@ -53,8 +64,7 @@ def test_a_stop_stores_what_was_read_with_its_offsets(
 ) -> None:
     name = topic(partitions=3)
     produce(broker, name, events(3000))
-    with Store.open(tmp_path / "t.duckdb") as store, Pipeline(store, small_batches()) as pipeline:
-        reader = KafkaReader(pipeline, bootstrap=broker.bootstrap, topic=name, group=f"g-{name}")
+    with reading(broker, name, tmp_path / "t.duckdb", SMALL_BATCHES) as (store, _, reader):
 
         def stop_after_first(batch: Batch) -> None:
             reader.stop_requested.set()
@@ -70,8 +80,7 @@ def test_a_reader_that_dies_is_one_clear_error(
 ) -> None:
     name = topic(partitions=1)
     produce(broker, name, events(10))
-    with Store.open(tmp_path / "t.duckdb") as store, Pipeline(store, Settings()) as pipeline:
-        reader = KafkaReader(pipeline, bootstrap=broker.bootstrap, topic=name, group=f"g-{name}")
+    with reading(broker, name, tmp_path / "t.duckdb", Settings()) as (_, _, reader):
 
         def kill_the_child() -> None:
             while reader.pid is None:
