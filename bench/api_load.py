@@ -213,6 +213,19 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def child_of(pid: int) -> int | None:
+    """The one child process of `pid` (serve's Kafka reader), if there is one (Linux /proc)."""
+    try:
+        found = [
+            int(child)
+            for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()
+        ]
+    except OSError:
+        return None
+    return found[0] if len(found) == 1 else None
+
+
 def one_at_a_time(url: str, key: str, ids: Ids, pid: int, n: int) -> None:
     """Each read alone, `n` times: median latency and the server's CPU per request. CPU time
     hardly depends on what else the machine runs, so it compares builds on a shared machine.
@@ -482,8 +495,9 @@ def main() -> None:
                     produced(broker.bootstrap),
                     time.perf_counter(),
                 )
-                roles = {"serve": server.pid, "producer": producer.pid,
-                         "broker": broker.pid, "bench clients": os.getpid()}  # fmt: skip
+                roles = {"serve": server.pid, "serve's Kafka reader": child_of(server.pid),
+                         "producer": producer.pid, "broker": broker.pid,
+                         "bench clients": os.getpid()}  # fmt: skip
                 cpu0 = {role: cpu_seconds(pid) for role, pid in roles.items() if pid}
                 print(f"ingesting: {args.clients} clients for {args.duration:g} s", flush=True)
                 before = cache_reads(url, key)
