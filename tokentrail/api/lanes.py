@@ -40,12 +40,12 @@ _ANYIO_WORKER: Final = "AnyIO worker thread"
 
 
 def lower_priority(native_id: int, nice: int) -> bool:
-    """Lower a thread's scheduling priority by `nice` steps (Linux); False if not done."""
-    if nice <= 0 or sys.platform != "linux":
+    """Set a thread's nice value to at least `nice` (Linux); False if not done."""
+    if sys.platform != "linux":
         return False
     try:
-        current = os.getpriority(os.PRIO_PROCESS, native_id)
-        os.setpriority(os.PRIO_PROCESS, native_id, min(current + nice, 19))
+        if os.getpriority(os.PRIO_PROCESS, native_id) < nice:
+            os.setpriority(os.PRIO_PROCESS, native_id, nice)
     except OSError as exc:  # the thread ended, or a sandbox refuses: it runs unprioritised
         log.debug("thread %d priority unchanged: %s", native_id, exc)
         return False
@@ -53,19 +53,16 @@ def lower_priority(native_id: int, nice: int) -> bool:
 
 
 async def lower_workers(nice: int, *, every_s: float = 1.0) -> None:
-    """Lower the priority of every AnyIO worker thread by `nice`, as they start (runs until
-    cancelled)."""
+    """Keep every AnyIO worker thread `nice` steps below the calling (event loop) thread, as
+    they start (runs until cancelled). A target, not a step: two apps in one process (tests)
+    do not lower a thread twice."""
     if nice <= 0 or sys.platform != "linux":
         return
-    done: set[int] = set()
+    target = min(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) + nice, 19)
     while True:
-        alive = set()
         for thread in threading.enumerate():
             if thread.name == _ANYIO_WORKER and thread.native_id is not None:
-                alive.add(thread.native_id)
-                if thread.native_id not in done and lower_priority(thread.native_id, nice):
-                    done.add(thread.native_id)
-        done &= alive  # a native id may be reused by a later thread
+                lower_priority(thread.native_id, target)
         await asyncio.sleep(every_s)
 
 
