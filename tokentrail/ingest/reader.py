@@ -110,6 +110,12 @@ class KafkaReader:
             log_level=logging.getLogger().getEffectiveLevel(),
             kafka_log_level=logging.getLogger("kafka").getEffectiveLevel(),
         )
+        try:
+            self._consume(spec, on_batch)
+        finally:
+            self.pid = None
+
+    def _consume(self, spec: _Spec, on_batch: Callable[[Batch], None] | None) -> None:
         with _Child.started(spec) as child:
             self.pid = child.process.pid
             # A SIGTERM before the child handles it would kill it: it says when it does.

@@ -1035,14 +1035,13 @@ def upsert_alerts(conn: duckdb.DuckDBPyConnection, *, alerts: Sequence[AlertRow]
     if not alerts:
         return
     # One row per alert (the last given): a statement may not update a row twice.
-    rows = [
-        a._replace(evidence=json.dumps(a.evidence, sort_keys=True))  # type: ignore[arg-type]
-        for a in {a.alert_id: a for a in alerts}.values()
-    ]
+    columns = [list(c) for c in zip(*{a.alert_id: a for a in alerts}.values(), strict=True)]
+    evidence = AlertRow._fields.index("evidence")
+    columns[evidence] = [json.dumps(e, sort_keys=True) for e in columns[evidence]]
     table = pa.table(
         [
             pa.array(values, type=column.type)
-            for values, column in zip(zip(*rows, strict=True), _ALERT_ROWS, strict=True)
+            for values, column in zip(columns, _ALERT_ROWS, strict=True)
         ],
         schema=_ALERT_ROWS,
     )
