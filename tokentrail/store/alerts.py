@@ -299,15 +299,16 @@ _POLICY_CHECKS: Final = """
 _ANNOTATE: Final = (
     """
 CREATE OR REPLACE TEMP TABLE detect_calls AS
-WITH w AS (
-    SELECT d.*, d.rowid AS rid, coalesce(p.privilege, 'read') AS privilege,
-           CASE d.identity_kind WHEN 'ci' THEN 'build' WHEN 'agent' THEN 'agent'
-                ELSE 'runtime' END AS caller_class
-    FROM detect_window d
-    LEFT JOIN operation_scopes p ON p.operation = d.operation AND p.scope = d.scope
+WITH w AS NOT MATERIALIZED (
+    -- Only what the candidate test needs: whole calls are joined back to the candidates
+    -- alone (~1% of a pass). Carried through every join below they cost a 50k-call pass
+    -- 257 MB of buffers unbounded (spilling ~40 MB under the ingest's 192MB) and 2x the time,
+    -- against 183 MB; materialized, this CTE alone adds ~60 MB (docs/PERFORMANCE.md).
+    SELECT rowid AS rid, event_id, ts, token_id, identity, target, scope, outcome,
+           environment, task_kind, actor, late
+    FROM detect_window
 ), ordered AS (
-    -- A window function sorts all of its input: these few columns, not whole calls (~60 MB
-    -- per 100k events), so a pass fits in a bounded DuckDB.
+    -- A window function sorts all of its input: these few columns only.
     SELECT rowid AS rid,
            lag(ts) OVER (PARTITION BY token_id ORDER BY ts, event_id) AS token_prev_here,
            row_number() OVER (PARTITION BY identity ORDER BY ts, event_id) AS identity_nth
@@ -325,10 +326,21 @@ WITH w AS (
            arg_min(token_expires_at, (ts, event_id)) AS expires_at,
            arg_min(parent_token_id, (ts, event_id)) AS parent_token_id,
            min(ts) AS meta_ts
-    FROM w
+    FROM detect_window
     WHERE token_kind IS NOT NULL OR token_scopes IS NOT NULL OR token_expires_at IS NOT NULL
        OR token_issued_at IS NOT NULL OR parent_token_id IS NOT NULL
     GROUP BY token_id
+), claims AS (
+    -- Each token's claims: as earlier passes stored them (valid for every call), else as
+    -- first declared in this window (for calls from then on). One lookup per token (and
+    -- parent) instead of two: every join costs this query its own hash table.
+    SELECT token_id, true AS stored, kind, scopes, issued_at, expires_at, parent_token_id,
+           meta_ts
+    FROM detect_tokens
+    UNION ALL
+    SELECT m.token_id, false, m.kind, m.scopes, m.issued_at, m.expires_at, m.parent_token_id,
+           m.meta_ts
+    FROM meta m ANTI JOIN detect_tokens t USING (token_id)
 ), firsts AS (
     SELECT 'token' AS kind, token_id AS subject, min((ts, event_id))[2] AS first_event_id,
            min(ts) AS first_seen, NULL AS home
@@ -339,71 +351,95 @@ WITH w AS (
     FROM w GROUP BY identity
     UNION ALL
     SELECT 'target', target, NULL, min(ts), NULL FROM w GROUP BY target
+), subjects AS (
+    -- The window's tokens, identities and targets with what earlier passes saw of them.
+    SELECT f.kind, f.subject, f.first_event_id, s.subject IS NOT NULL AS known, s.last_seen,
+           least(s.first_seen, f.first_seen) AS first_seen, coalesce(s.n, 0) AS n,
+           coalesce(s.home, f.home) AS home
+    FROM firsts f
+    LEFT JOIN detect_subjects s ON s.kind = f.kind AND s.subject = f.subject
+), tokens AS (
+    -- Per token of the window, what every call of it needs: earlier passes' view, its claims
+    -- and its parent's. Looked up once per call, as targets below: each join of the calls
+    -- costs this query a hash table per thread, and its memory floor with it.
+    SELECT st.subject AS token_id, st.known, st.first_event_id, st.last_seen,
+           tc.stored, tc.meta_ts, tc.kind, tc.scopes, tc.issued_at, tc.expires_at,
+           tc.parent_token_id, pc.stored AS parent_stored, pc.meta_ts AS parent_meta_ts,
+           pc.scopes AS parent_scopes
+    FROM subjects st
+    LEFT JOIN claims tc ON tc.token_id = st.subject
+    LEFT JOIN claims pc ON pc.token_id = tc.parent_token_id
+    WHERE st.kind = 'token'
+), targets AS (
+    SELECT sg.subject AS target, sg.first_seen, s.sensitivity, s.environment
+    FROM subjects sg LEFT JOIN tt_det_services s ON s.name = sg.subject
+    WHERE sg.kind = 'target'
 ), ctx AS (
     SELECT w.*,
         coalesce(n.novel, []) AS novel_all,
-        ti.subject IS NULL AND w.event_id = ft.first_event_id AS token_first,
-        coalesce(o.token_prev_here, ti.last_seen) AS token_prev,
-        CASE WHEN tm.token_id IS NOT NULL THEN tm.kind
-             WHEN wm.meta_ts <= w.ts THEN wm.kind END AS t_kind,
-        CASE WHEN tm.token_id IS NOT NULL THEN tm.scopes
-             WHEN wm.meta_ts <= w.ts THEN wm.scopes END AS t_scopes,
-        CASE WHEN tm.token_id IS NOT NULL THEN tm.issued_at
-             WHEN wm.meta_ts <= w.ts THEN wm.issued_at END AS t_issued,
-        CASE WHEN tm.token_id IS NOT NULL THEN tm.expires_at
-             WHEN wm.meta_ts <= w.ts THEN wm.expires_at END AS t_expires,
-        CASE WHEN tm.token_id IS NOT NULL THEN tm.parent_token_id
-             WHEN wm.meta_ts <= w.ts THEN wm.parent_token_id END AS t_parent,
-        least(ii.first_seen, fi.first_seen) AS identity_first,
-        coalesce(ii.n, 0)
-            + o.identity_nth - 1
-            AS identity_events,
-        coalesce(ii.home, fi.home) AS seen_home,
-        least(tg.first_seen, fg.first_seen) AS target_first
+        NOT t.known AND w.event_id = t.first_event_id AS token_first,
+        coalesce(o.token_prev_here, t.last_seen) AS token_prev,
+        -- Claims stored by earlier passes hold for every call; those first declared in this
+        -- window, from then on.
+        t.stored OR t.meta_ts <= w.ts AS claimed,
+        CASE WHEN claimed THEN t.kind END AS t_kind,
+        CASE WHEN claimed THEN t.scopes END AS t_scopes,
+        CASE WHEN claimed THEN t.issued_at END AS t_issued,
+        CASE WHEN claimed THEN t.expires_at END AS t_expires,
+        CASE WHEN claimed THEN t.parent_token_id END AS t_parent,
+        CASE WHEN claimed AND (t.parent_stored OR t.parent_meta_ts <= w.ts)
+             THEN t.parent_scopes END AS parent_scopes,
+        si.first_seen AS identity_first,
+        coalesce(si.n, 0) + o.identity_nth - 1 AS identity_events,
+        si.home AS seen_home,
+        g.first_seen AS target_first,
+        g.sensitivity AS target_sensitivity,
+        g.environment AS catalog_env
     FROM w
     JOIN ordered o USING (rid)
     LEFT JOIN novel n USING (event_id)
-    LEFT JOIN detect_subjects ti ON ti.kind = 'token' AND ti.subject = w.token_id
-    LEFT JOIN firsts ft ON ft.kind = 'token' AND ft.subject = w.token_id
-    LEFT JOIN detect_tokens tm ON tm.token_id = w.token_id
-    LEFT JOIN meta wm ON wm.token_id = w.token_id
-    LEFT JOIN detect_subjects ii ON ii.kind = 'identity' AND ii.subject = w.identity
-    LEFT JOIN firsts fi ON fi.kind = 'identity' AND fi.subject = w.identity
-    LEFT JOIN detect_subjects tg ON tg.kind = 'target' AND tg.subject = w.target
-    LEFT JOIN firsts fg ON fg.kind = 'target' AND fg.subject = w.target
+    LEFT JOIN tokens t USING (token_id)
+    LEFT JOIN subjects si ON si.kind = 'identity' AND si.subject = w.identity
+    LEFT JOIN targets g USING (target)
 ), annotated AS (
-    SELECT c.*,
+    SELECT c.* EXCLUDE (claimed, target_sensitivity, catalog_env),
         -- A token's own facets are not novel on its first use: every new token has them.
         CASE WHEN c.token_first
              THEN list_filter(c.novel_all, lambda x: NOT starts_with(x, 'token_'))
              ELSE c.novel_all END AS novel,
-        CASE WHEN ps.token_id IS NOT NULL THEN ps.scopes
-             WHEN pm.meta_ts <= c.ts THEN pm.scopes END AS parent_scopes,
-        coalesce(s.sensitivity, $default_sensitivity) AS sensitivity,
-        coalesce(s.environment, c.environment) AS target_env,
+        coalesce(c.target_sensitivity, $default_sensitivity) AS sensitivity,
+        coalesce(c.catalog_env, c.environment) AS target_env,
         coalesce(pi.environment, c.seen_home) AS home_env,
 """
     + _POLICY_CHECKS
     + """    FROM ctx c
-    LEFT JOIN detect_tokens ps ON ps.token_id = c.t_parent
-    LEFT JOIN meta pm ON pm.token_id = c.t_parent
-    LEFT JOIN tt_det_services s ON s.name = c.target
     LEFT JOIN tt_det_policies pi ON pi.name = c.identity AND pi.task_kind = ''
     LEFT JOIN tt_det_policies pt ON pt.name = c.identity AND pt.task_kind = c.task_kind
     LEFT JOIN tt_det_policies pa ON pa.name = c.actor AND pa.task_kind = ''
+), candidates AS (
+    SELECT * FROM annotated
+    WHERE len(novel) > 0
+       OR allowed_target = false OR allowed_scope = false OR actor_allowed_target = false
+       OR outcome = 'denied' OR late
+       OR (t_expires IS NOT NULL AND ts > t_expires)
+       OR (token_first AND (t_expires IS NULL OR t_expires - coalesce(t_issued, ts) > $max_ttl))
+       OR (token_prev IS NOT NULL AND ts - token_prev > $dormant)
+       OR (t_parent IS NOT NULL AND parent_scopes IS NOT NULL AND scope <> ''
+           AND NOT list_contains(parent_scopes, scope))
+       OR (t_scopes IS NOT NULL AND scope <> '' AND NOT list_contains(t_scopes, scope))
+       OR (home_env IS NOT NULL AND target_env IS NOT NULL AND target_env <> home_env
+           AND coalesce(allowed_target, false) = false)
 )
-SELECT * EXCLUDE (rid) FROM annotated
-WHERE len(novel) > 0
-   OR allowed_target = false OR allowed_scope = false OR actor_allowed_target = false
-   OR outcome = 'denied' OR late
-   OR (t_expires IS NOT NULL AND ts > t_expires)
-   OR (token_first AND (t_expires IS NULL OR t_expires - coalesce(t_issued, ts) > $max_ttl))
-   OR (token_prev IS NOT NULL AND ts - token_prev > $dormant)
-   OR (t_parent IS NOT NULL AND parent_scopes IS NOT NULL AND scope <> ''
-       AND NOT list_contains(parent_scopes, scope))
-   OR (t_scopes IS NOT NULL AND scope <> '' AND NOT list_contains(t_scopes, scope))
-   OR (home_env IS NOT NULL AND target_env IS NOT NULL AND target_env <> home_env
-       AND coalesce(allowed_target, false) = false)
+SELECT d.*, coalesce(p.privilege, 'read') AS privilege,
+       CASE d.identity_kind WHEN 'ci' THEN 'build' WHEN 'agent' THEN 'agent'
+            ELSE 'runtime' END AS caller_class,
+       c.novel, c.token_first, c.token_prev, c.t_kind, c.t_scopes, c.t_issued, c.t_expires,
+       c.t_parent, c.parent_scopes, c.identity_first, c.identity_events, c.target_first,
+       c.sensitivity, c.target_env, c.home_env, c.declared, c.allowed_target, c.allowed_scope,
+       c.actor_allowed_target
+FROM candidates c
+JOIN detect_window d ON d.rowid = c.rid
+LEFT JOIN operation_scopes p ON p.operation = d.operation AND p.scope = d.scope
 """
 )
 
