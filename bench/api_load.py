@@ -2,7 +2,8 @@
 
 Set-up, as in production: one `tokentrail serve --kafka` process both serves the API and
 consumes the topic (ingest + detection) into one DuckDB file. The base file is a simulated
-estate; `tokentrail simulate --kafka --rate R` produces more of it while the API is driven by
+estate; more of it is produced at `--rate` events/s (a simulated file replayed by
+bench/replay.py, or `--producer simulate`: `tokentrail simulate --kafka`) while the API is driven by
 `--clients` concurrent clients for `--duration` seconds per phase, with ids sampled from the
 file: chain by trace id, alerts list, alert by id, token blast radius, tokens top list, events.
 
@@ -370,13 +371,35 @@ def stop(process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
 
 
 @contextlib.contextmanager
-def started(args: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def started(command: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
-        process = subprocess.Popen([*CLI, *args], stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         try:
             yield process
         finally:
             stop(process)
+
+
+def producer_command(
+    args: argparse.Namespace, folder: Path, stream: list[str], days: float, bootstrap: str
+) -> list[str]:
+    """The loaded phase's producer: a replay of a simulated file, or `simulate --kafka` itself.
+
+    The replay (librdkafka, ~5 µs of CPU per record) leaves the 2 cores to what is measured;
+    `simulate --kafka` generates as it goes and sends with kafka-python (0.5-0.7 of a core at
+    10k events/s), as a shared machine with its producer on it would.
+    """
+    pace = ["--rate", f"{args.rate:g}"]
+    if args.producer == "simulate":
+        return [*CLI, "simulate", "--kafka", bootstrap, "--topic", TOPIC, *stream, *pace,
+                "--days", f"{days:g}"]  # fmt: skip
+    t = time.perf_counter()
+    out = folder / "stream"
+    run(["simulate", "--out", str(out), *stream, "--days", f"{days:g}"])
+    print(f"stream to replay: simulated in {time.perf_counter() - t:.0f} s", flush=True)
+    replay = Path(__file__).with_name("replay.py")
+    return [sys.executable, str(replay), str(out / "events.jsonl"), "--bootstrap", bootstrap,
+            "--topic", TOPIC, *pace]  # fmt: skip
 
 
 def report(phases: dict[str, Timings], duration_s: float, warmup_s: float) -> None:
@@ -432,6 +455,12 @@ def main() -> None:
     )
     parser.add_argument("--skip-idle", action="store_true", help="only the loaded phase")
     parser.add_argument(
+        "--producer",
+        choices=("replay", "simulate"),
+        default="replay",
+        help="replay a simulated file with librdkafka (default), or `simulate --kafka`",
+    )
+    parser.add_argument(
         "--continuing",
         action="store_true",
         help="produce the base's own estate from where it ends (default: another estate)",
@@ -458,11 +487,21 @@ def main() -> None:
         broker.create_topic(TOPIC, partitions=3)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
+        # Another estate a week later (no token in common with the base), or with
+        # --continuing the base's own estate from where the base ends (its tokens go on).
+        base_end = datetime(2026, 3, 2, tzinfo=UTC) + timedelta(days=args.base_days)
+        stream = (
+            ["--scale", f"{args.base_scale:g}", "--seed", "7",
+             "--start", base_end.strftime("%Y-%m-%dT%H:%M:%SZ")]
+            if args.continuing
+            else ["--scale", "4", "--seed", "8", "--start", "2026-03-09T00:00:00Z"]
+        )  # fmt: skip
+        producer = producer_command(args, folder, stream, stream_days, broker.bootstrap)
         serve = ["serve", "--db", str(db), "--port", str(port), "--kafka", broker.bootstrap,
                  "--topic", TOPIC, "--group", "bench", "--catalog", str(catalog),
                  *(["--no-detect"] if args.no_detect else [])]  # fmt: skip
         env_note = f"{os.cpu_count()} cpus"
-        with started(serve, folder / "serve.log") as server:
+        with started([*CLI, *serve], folder / "serve.log") as server:
             wait_ready(url, server)
             if args.sequential:
                 one_at_a_time(url, key, ids, server.pid, args.sequential)
@@ -477,18 +516,7 @@ def main() -> None:
                 before = cache_reads(url, key)
                 phases["idle"] = asyncio.run(load(seed=1))
                 hits.append(("idle", before, cache_reads(url, key)))
-            # Another estate a week later (no token in common with the base), or with
-            # --continuing the base's own estate from where the base ends (its tokens go on).
-            base_end = datetime(2026, 3, 2, tzinfo=UTC) + timedelta(days=args.base_days)
-            stream = (
-                ["--scale", f"{args.base_scale:g}", "--seed", "7",
-                 "--start", base_end.strftime("%Y-%m-%dT%H:%M:%SZ")]
-                if args.continuing
-                else ["--scale", "4", "--seed", "8", "--start", "2026-03-09T00:00:00Z"]
-            )  # fmt: skip
-            simulate = ["simulate", "--kafka", broker.bootstrap, "--topic", TOPIC, *stream,
-                        "--rate", f"{args.rate:g}", "--days", f"{stream_days:g}"]  # fmt: skip
-            with started(simulate, folder / "simulate.log") as producer:
+            with started(producer, folder / "producer.log") as producing:
                 time.sleep(8)  # the consumer joins its group (~3 s) and catches up
                 stored0, produced0, t0 = (
                     stored_events(url, key),
@@ -496,7 +524,7 @@ def main() -> None:
                     time.perf_counter(),
                 )
                 roles = {"serve": server.pid, "serve's Kafka reader": child_of(server.pid),
-                         "producer": producer.pid, "broker": broker.pid,
+                         "producer": producing.pid, "broker": broker.pid,
                          "bench clients": os.getpid()}  # fmt: skip
                 cpu0 = {role: cpu_seconds(pid) for role, pid in roles.items() if pid}
                 print(f"ingesting: {args.clients} clients for {args.duration:g} s", flush=True)
@@ -506,8 +534,8 @@ def main() -> None:
                 elapsed = time.perf_counter() - t0
                 cpu1 = {role: cpu_seconds(pid) for role, pid in roles.items() if pid}
                 stored1, produced1 = stored_events(url, key), produced(broker.bootstrap)
-                if producer.poll() is not None:
-                    print(f"note: the producer exited early ({producer.returncode})")
+                if producing.poll() is not None:
+                    print(f"note: the producer exited early ({producing.returncode})")
             if caught_up(url, key):
                 time.sleep(5)  # detection's last pass after the topic went quiet
                 kept_answers_check(url, key, ids)
