@@ -402,6 +402,11 @@ def producer_command(
             "--topic", TOPIC, *pace]  # fmt: skip
 
 
+def both_ms(timings: Timings, endpoint: str) -> list[float]:
+    """An endpoint's latencies over the whole phase, warm-up included, in ms."""
+    return [v * 1000 for v in timings.warmup[endpoint] + timings.by_endpoint[endpoint]]
+
+
 def report(phases: dict[str, Timings], duration_s: float, warmup_s: float) -> None:
     names = list(phases)
     head = f"{'endpoint':<14}" + "".join(
@@ -430,6 +435,7 @@ def report(phases: dict[str, Timings], duration_s: float, warmup_s: float) -> No
         )
         warm = [
             f"{e} {len(v)} p99 {percentile([x * 1000 for x in v], 99):,.0f} ms"
+            f" (with the rest of the phase: {percentile(both_ms(phases[name], e), 99):,.0f} ms)"
             for e, v in phases[name].warmup.items()
             if v and e in ("chain", "alert")
         ]
