@@ -298,12 +298,12 @@ _POLICY_CHECKS: Final = """
 
 _ANNOTATE: Final = (
     """
-CREATE OR REPLACE TEMP TABLE detect_calls AS
+CREATE OR REPLACE TEMP TABLE detect_candidates AS
 WITH w AS NOT MATERIALIZED (
     -- Only what the candidate test needs: whole calls are joined back to the candidates
     -- alone (~1% of a pass). Carried through every join below they cost a 50k-call pass
-    -- 257 MB of buffers unbounded (spilling ~40 MB under the ingest's 192MB) and 2x the time,
-    -- against 183 MB; materialized, this CTE alone adds ~60 MB (docs/PERFORMANCE.md).
+    -- 257 MB of buffers unbounded (spilling ~40 MB under the ingest's 192MB) and 1.5-2x the
+    -- time, against ~155 MB; materialized, this CTE adds ~60 MB (docs/PERFORMANCE.md).
     SELECT rowid AS rid, event_id, ts, token_id, identity, target, scope, outcome,
            environment, task_kind, actor, late
     FROM detect_window
@@ -332,11 +332,16 @@ WITH w AS NOT MATERIALIZED (
     GROUP BY token_id
 ), claims AS (
     -- Each token's claims: as earlier passes stored them (valid for every call), else as
-    -- first declared in this window (for calls from then on). One lookup per token (and
-    -- parent) instead of two: every join costs this query its own hash table.
+    -- first declared in this window (for calls from then on). Only of the window's tokens
+    -- and their parents: `detect_tokens` holds every token ever seen, and a hash table of it
+    -- (~270 MB for 400k tokens) does not fit the ingest's memory limit.
     SELECT token_id, true AS stored, kind, scopes, issued_at, expires_at, parent_token_id,
            meta_ts
     FROM detect_tokens
+    WHERE token_id IN (SELECT token_id FROM detect_window)
+       OR token_id IN (SELECT parent_token_id FROM detect_window)
+       OR token_id IN (SELECT parent_token_id FROM detect_tokens
+                       WHERE token_id IN (SELECT token_id FROM detect_window))
     UNION ALL
     SELECT m.token_id, false, m.kind, m.scopes, m.issued_at, m.expires_at, m.parent_token_id,
            m.meta_ts
@@ -416,20 +421,27 @@ WITH w AS NOT MATERIALIZED (
     LEFT JOIN tt_det_policies pi ON pi.name = c.identity AND pi.task_kind = ''
     LEFT JOIN tt_det_policies pt ON pt.name = c.identity AND pt.task_kind = c.task_kind
     LEFT JOIN tt_det_policies pa ON pa.name = c.actor AND pa.task_kind = ''
-), candidates AS (
-    SELECT * FROM annotated
-    WHERE len(novel) > 0
-       OR allowed_target = false OR allowed_scope = false OR actor_allowed_target = false
-       OR outcome = 'denied' OR late
-       OR (t_expires IS NOT NULL AND ts > t_expires)
-       OR (token_first AND (t_expires IS NULL OR t_expires - coalesce(t_issued, ts) > $max_ttl))
-       OR (token_prev IS NOT NULL AND ts - token_prev > $dormant)
-       OR (t_parent IS NOT NULL AND parent_scopes IS NOT NULL AND scope <> ''
-           AND NOT list_contains(parent_scopes, scope))
-       OR (t_scopes IS NOT NULL AND scope <> '' AND NOT list_contains(t_scopes, scope))
-       OR (home_env IS NOT NULL AND target_env IS NOT NULL AND target_env <> home_env
-           AND coalesce(allowed_target, false) = false)
 )
+SELECT * FROM annotated
+WHERE len(novel) > 0
+   OR allowed_target = false OR allowed_scope = false OR actor_allowed_target = false
+   OR outcome = 'denied' OR late
+   OR (t_expires IS NOT NULL AND ts > t_expires)
+   OR (token_first AND (t_expires IS NULL OR t_expires - coalesce(t_issued, ts) > $max_ttl))
+   OR (token_prev IS NOT NULL AND ts - token_prev > $dormant)
+   OR (t_parent IS NOT NULL AND parent_scopes IS NOT NULL AND scope <> ''
+       AND NOT list_contains(parent_scopes, scope))
+   OR (t_scopes IS NOT NULL AND scope <> '' AND NOT list_contains(t_scopes, scope))
+   OR (home_env IS NOT NULL AND target_env IS NOT NULL AND target_env <> home_env
+       AND coalesce(allowed_target, false) = false)
+"""
+)
+
+# The candidates with the whole of their calls, in a statement of its own: with the
+# candidates counted, DuckDB builds its hash table of them (~1% of the window), not of the
+# window's whole calls.
+_CALLS: Final = """
+CREATE OR REPLACE TEMP TABLE detect_calls AS
 SELECT d.*, coalesce(p.privilege, 'read') AS privilege,
        CASE d.identity_kind WHEN 'ci' THEN 'build' WHEN 'agent' THEN 'agent'
             ELSE 'runtime' END AS caller_class,
@@ -437,11 +449,10 @@ SELECT d.*, coalesce(p.privilege, 'read') AS privilege,
        c.t_parent, c.parent_scopes, c.identity_first, c.identity_events, c.target_first,
        c.sensitivity, c.target_env, c.home_env, c.declared, c.allowed_target, c.allowed_scope,
        c.actor_allowed_target
-FROM candidates c
+FROM detect_candidates c
 JOIN detect_window d ON d.rowid = c.rid
 LEFT JOIN operation_scopes p ON p.operation = d.operation AND p.scope = d.scope
 """
-)
 
 # Lineage of the derived tokens among the candidates: ancestors (as known at the call's time)
 # and the credential-access calls they made shortly before it.
@@ -517,6 +528,7 @@ def annotate(
             "dormant": _interval(dormant_us),
         },
     )
+    conn.execute(_CALLS)
     rows = conn.execute(
         f"SELECT {_CALL_COLUMNS} FROM detect_calls ORDER BY ts, event_id"
     ).fetchall()
@@ -760,7 +772,7 @@ def save_progress(
 
 
 def drop_window(conn: duckdb.DuckDBPyConnection) -> None:
-    for table in ("detect_calls", "detect_facts", "detect_window"):
+    for table in ("detect_calls", "detect_candidates", "detect_facts", "detect_window"):
         conn.execute(f"DROP TABLE IF EXISTS {table}")
 
 
