@@ -23,6 +23,8 @@ from types import FrameType
 import msgspec
 from confluent_kafka import KafkaError, Message, Producer
 
+from tokentrail.simulate.output import Pacer
+
 
 class _Keyed(msgspec.Struct):
     identity: str = ""
@@ -64,7 +66,7 @@ def main() -> None:
         }
     )
     key_of = msgspec.json.Decoder(_Keyed).decode
-    step = max(1, int(args.rate / 100))  # pace in ~10 ms steps
+    pacer = Pacer(args.rate)
     sent = 0
     started = time.monotonic()
     with args.events.open("rb") as lines:
@@ -83,11 +85,8 @@ def main() -> None:
                 except BufferError:  # librdkafka's queue is full: let it send
                     producer.poll(0.05)
             sent += 1
-            if sent % step == 0:
-                producer.poll(0)
-                ahead = sent / args.rate - (time.monotonic() - started)
-                if ahead > 0:
-                    time.sleep(ahead)
+            producer.poll(0)  # delivery reports
+            pacer.tick()
     left = producer.flush(30)
     elapsed = time.monotonic() - started
     print(f"replayed {sent - left:,} events in {elapsed:.1f} s ({(sent - left) / elapsed:,.0f}/s)")

@@ -241,7 +241,7 @@ def stream_kafka(
         raise SimulationError(f"cannot connect to Kafka at {bootstrap}: {exc}") from None
     failures: list[BaseException] = []
     encode = msgspec.json.Encoder().encode
-    pacer = _Pacer(rate)
+    pacer = Pacer(rate)
 
     def failed(exc: BaseException) -> None:
         failures.append(exc)
@@ -269,7 +269,7 @@ def stream_kafka(
     return _summary(world, count, labels, started)
 
 
-class _Pacer:
+class Pacer:
     """Keeps a producer at `rate` events per second on average, in steps of ~10 ms."""
 
     def __init__(self, rate: float | None) -> None:
