@@ -31,7 +31,7 @@ test: lint system-deps
 	$(BIN)/pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/ingest.py --floor
 	$(BIN)/python bench/graph.py
 
 # The live demo: embedded broker, simulated attacks, ingest, detection, API and web view on

@@ -6,10 +6,15 @@
     reading the same topic;
 (c) peak RSS of a whole `tokentrail ingest` process as the input grows;
 (d) adapters: CloudTrail, Zipkin and OTLP files (the real fixtures repeated, ids rewritten per
-    copy) against the same events given as native contract events.
+    copy) against the same events given as native contract events;
+(e) the cost floor: each step the pipeline must take, timed alone on the same events (validation;
+    the store's writes at the default batch size and with the whole input as one batch; a bare
+    kafka-python loop), and the best rate their CPU allows when spread perfectly over every core,
+    next to the targets of (a) and (b).
 
     .venv/bin/python bench/ingest.py                  # 300k events, RSS at 100k and 1M
     .venv/bin/python bench/ingest.py --skip files,kafka,adapters --rss 100000,1000000,5000000
+    .venv/bin/python bench/ingest.py --skip files,kafka,rss,adapters --floor   # (e) alone
 
 Medians of --repeat runs are printed; the machine is shared, so read the ratios.
 """
@@ -20,7 +25,9 @@ import argparse
 import gzip
 import itertools
 import math
+import os
 import random
+import resource
 import statistics
 import subprocess
 import sys
@@ -28,6 +35,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import duckdb
 import msgspec
@@ -39,7 +47,7 @@ from tokentrail.config import Settings
 from tokentrail.ingest.adapters import Mapped
 from tokentrail.ingest.files import RecordFile
 from tokentrail.ingest.formats import adapt_file, adapt_records
-from tokentrail.ingest.pipeline import Pipeline
+from tokentrail.ingest.pipeline import Pipeline, Validator
 from tokentrail.ingest.reader import KafkaReader
 from tokentrail.ingest.replay import ingest_file
 from tokentrail.store import Store
@@ -133,20 +141,23 @@ def bench_files(n: int, repeat: int, work: Path) -> None:
     print(f"    ratio                  {theirs / ours:>10.2f}x of DuckDB's raw load")
 
 
+def produce(broker: EmbeddedBroker, topic: str, n: int, seed: int) -> None:
+    """`n` bench events on a new 3-partition topic, keyed by workload."""
+    broker.create_topic(topic, partitions=3)
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=20, batch_size=1 << 20)
+    for i, raw in enumerate(events(n, seed=seed)):
+        producer.send(topic, key=str(i % 400).encode(), value=raw)
+    producer.flush()
+    producer.close()
+
+
 def bench_kafka(n: int, repeat: int, work: Path) -> None:
     with EmbeddedBroker() as broker:
         ours_runs, bare_runs = [], []
         for run in range(repeat):
             topic = f"bench-{run}"
-            broker.create_topic(topic, partitions=3)
-            producer = KafkaProducer(
-                bootstrap_servers=broker.bootstrap, linger_ms=20, batch_size=1 << 20
-            )
-            for i, raw in enumerate(events(n, seed=run + 10)):
-                producer.send(topic, key=str(i % 400).encode(), value=raw)
-            producer.flush()
-            producer.close()
-            bare_runs.append(bare_consume(broker.bootstrap, topic, n))
+            produce(broker, topic, n, seed=run + 10)
+            bare_runs.append(bare_consume(broker.bootstrap, topic, n).rate)
             ours_runs.append(tokentrail_consume(broker.bootstrap, topic, n, work / f"k{run}.db"))
     ours, bare = statistics.median(ours_runs), statistics.median(bare_runs)
     print(f"(b) Kafka end to end, {n:,} events, 3 partitions (median of {repeat})")
@@ -155,8 +166,35 @@ def bench_kafka(n: int, repeat: int, work: Path) -> None:
     print(f"    ratio                  {ours / bare:>10.2f}x of the bare consume loop")
 
 
-def bare_consume(bootstrap: str, topic: str, n: int) -> float:
-    """Records/s after the first poll, reading values and doing nothing else."""
+class Cost(NamedTuple):
+    """What a step cost per item: wall clock and CPU (this process, every thread), in µs."""
+
+    wall_us: float
+    cpu_us: float
+
+    @property
+    def rate(self) -> float:
+        return 1e6 / self.wall_us
+
+
+class Clock:
+    """Wall and CPU time of this process (all its threads, DuckDB's included) since start."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), _cpu()
+
+    def cost(self, items: int) -> Cost:
+        wall, cpu = time.perf_counter() - self.wall, _cpu() - self.cpu
+        return Cost(wall / items * 1e6, cpu / items * 1e6)
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def bare_consume(bootstrap: str, topic: str, n: int) -> Cost:
+    """Cost per record after the first poll, reading values and doing nothing else."""
     consumer = KafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
@@ -168,18 +206,18 @@ def bare_consume(bootstrap: str, topic: str, n: int) -> float:
         max_partition_fetch_bytes=16 << 20,
         **FAST_GROUP_SETTINGS,
     )
-    seen, first, started = 0, 0, 0.0
+    seen, first, clock = 0, 0, None
     deadline = time.monotonic() + 300
     while seen < n and time.monotonic() < deadline:
         for records in consumer.poll(timeout_ms=500).values():
             seen += sum(len(r.value) > 0 for r in records)
-        if seen and not started:
+        if seen and clock is None:
             # The clock starts once the group has joined and the first poll is in.
-            first, started = seen, time.perf_counter()
-    elapsed = time.perf_counter() - started
+            first, clock = seen, Clock()
+    assert clock is not None and seen == n, (seen, n)
+    cost = clock.cost(n - first)
     consumer.close()
-    assert seen == n, (seen, n)
-    return (n - first) / elapsed
+    return cost
 
 
 def tokentrail_consume(bootstrap: str, topic: str, n: int, db: Path) -> float:
@@ -235,6 +273,84 @@ def bench_rss(sizes: list[int], work: Path) -> None:
         )
         path.unlink()
         db.unlink()
+
+
+def bench_floor(n: int, kafka_n: int, work: Path) -> None:
+    """(e) Each step alone on the same events, then the best rates their costs allow."""
+    settings = Settings()
+    cores = os.cpu_count() or 1
+    path = work / "floor.jsonl"
+    size = write_file(path, n)
+    clock = Clock()
+    duckdb_read_json(path, work / "raw.duckdb")
+    reference = clock.cost(n)
+    batched = Store.open(
+        work / "floor-batched.duckdb",
+        memory_limit=settings.duckdb.memory_limit,
+        temp_directory=settings.duckdb.temp_directory,
+    )
+    whole = Store.open(work / "floor-whole.duckdb")
+    with batched, whole:
+        batch_size = settings.file_batch_size
+        clock = Clock()
+        batches = validated(Validator(settings, salt=batched.salt()), path, batch_size)
+        validation = clock.cost(n)
+        stored = writes(batched, batches, n)
+        [one] = validated(Validator(settings, salt=whole.salt()), path, n)
+        stored_whole = writes(whole, [one], n)
+    with EmbeddedBroker() as broker:
+        produce(broker, "floor", kafka_n, seed=20)
+        bare = bare_consume(broker.bootstrap, "floor", kafka_n)
+
+    limit = settings.duckdb.memory_limit or "no limit"
+    print(f"(e) cost floor: {n:,} events of {size:.0f} bytes, each step alone, µs per event")
+    steps = [
+        ("duckdb read_json (the reference)", reference),
+        ("reading and validation (Python, one thread)", validation),
+        (f"store writes, {batch_size:,}-event batches, {limit}", stored),
+        (f"store writes, one {n:,}-event batch, no limit", stored_whole),
+        (f"bare kafka-python loop ({kafka_n:,} records)", bare),
+    ]
+    for label, cost in steps:
+        print(f"    {label:<52} wall {cost.wall_us:6.1f}  cpu {cost.cpu_us:6.1f}")
+    print(f"  best rates: CPU spread perfectly over {cores} cores, one batch written at a time")
+    file_runs = ((f"{batch_size:,}-event batches", stored), ("one batch", stored_whole))
+    for label, store_cost in file_runs:
+        best = min(cores / (validation.cpu_us + store_cost.cpu_us), 1 / store_cost.wall_us) * 1e6
+        print(
+            f"    file, {label:<24} {best:>9,.0f} events/s = {best / reference.rate:.2f}x"
+            " of read_json (target: >= 100,000 events/s and >= 0.5x)"
+        )
+    # The Kafka reader polls and validates on one thread of its own process.
+    reader_us = bare.cpu_us + validation.cpu_us
+    total_us = reader_us + stored.cpu_us
+    best = min(cores / total_us, 1 / reader_us, 1 / stored.wall_us) * 1e6
+    print(
+        f"    Kafka, {batch_size:,}-event batches {best:>9,.0f} events/s = {best / bare.rate:.2f}x"
+        " of the bare loop (target: >= 0.7x; the broker's own CPU left out)"
+    )
+
+
+def validated(validator: Validator, path: Path, batch_size: int) -> list[Batch]:
+    """Every record of `path` validated into batches of `batch_size`, held for `writes`."""
+    batches, batch = [], Batch("file", str(path))
+    for position, raw in RecordFile(str(path)).records():
+        validator.feed(batch, raw, None, position)
+        if len(batch) >= batch_size:
+            batches.append(batch)
+            batch = Batch("file", str(path))
+    if len(batch):
+        batches.append(batch)
+    return batches
+
+
+def writes(store: Store, batches: list[Batch], n: int) -> Cost:
+    """What storing `batches` (`n` events, validated already) costs per event."""
+    clock = Clock()
+    stored = sum(store.write_batch(batch).stored for batch in batches)
+    cost = clock.cost(n)
+    assert stored == n, (stored, n)
+    return cost
 
 
 def fixture_records(fmt: str) -> list[bytes]:
@@ -367,6 +483,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--rss", default="100000,1000000", help="sizes, comma-separated")
     parser.add_argument("--skip", default="", help="parts to skip: files,kafka,rss,adapters")
+    parser.add_argument("--floor", action="store_true", help="run (e), the cost floor, too")
     args = parser.parse_args()
     skip = set(args.skip.split(","))
     with tempfile.TemporaryDirectory(prefix="tt-bench-") as tmp:
@@ -379,6 +496,8 @@ def main() -> None:
             bench_rss(sorted(int(s) for s in args.rss.split(",")), work)
         if "adapters" not in skip:
             bench_adapters(args.adapter_events, args.repeat, work)
+        if args.floor:
+            bench_floor(args.events, args.kafka_events, work)
 
 
 if __name__ == "__main__":
