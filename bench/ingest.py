@@ -486,6 +486,10 @@ def main() -> None:
     parser.add_argument("--floor", action="store_true", help="run (e), the cost floor, too")
     args = parser.parse_args()
     skip = set(args.skip.split(","))
+    batch_records = Settings().kafka.batch_records
+    if "kafka" not in skip and args.kafka_events <= 2 * batch_records:
+        # (b) is timed from the first stored batch: with fewer, it times one batch or none.
+        parser.error(f"--kafka-events must be over {2 * batch_records:,} (two Kafka batches)")
     with tempfile.TemporaryDirectory(prefix="tt-bench-") as tmp:
         work = Path(tmp)
         if "files" not in skip:
