@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -13,6 +16,7 @@ from typer.testing import CliRunner
 from tokentrail.catalog import load_catalog
 from tokentrail.cli import app
 from tokentrail.graph.blast import rank_tokens
+from tokentrail.store import graph
 from tokentrail.store.graph import refresh_scores, scores_in_parts
 
 CATALOG = """
@@ -110,6 +114,40 @@ def test_two_writers_refreshing_at_once_report_the_conflict_and_leave_the_cursor
         # The winner's refresh is current: the loser reads it and writes nothing.
         assert refresh_scores(loser, catalog=catalog) == catalog.fingerprint
         assert loser.execute("SELECT count(*) FROM blast_scores").fetchall() == [(2,)]
+
+
+def test_a_first_refresh_that_loses_to_another_writer_finds_the_scores_current(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fresh database: neither writer has stored scores for the catalog. The other writer's
+    # refresh commits its `blast_state` row while this one's transaction is under way; DuckDB
+    # then refuses this one's row as a duplicate key (seen in `make test`: GET /v1/tokens
+    # answered 500 while the consumer's ScoreKeeper refreshed).
+    db = tmp_path / "audit.duckdb"
+    ingest(tmp_path, db, "one.jsonl", events("one", 2))
+    catalog = load_catalog(tmp_path / "catalog.toml")
+    with duckdb.connect(str(db)) as conn:
+        conn.execute("DELETE FROM blast_scores")
+        conn.execute("DELETE FROM blast_state")
+        holder, loser = conn.cursor(), conn.cursor()
+        holder.begin()  # the other writer's refresh of a new catalog, about to commit
+        holder.execute("DELETE FROM blast_state")
+        holder.execute("INSERT INTO blast_state VALUES (?, 1000000)", [catalog.fingerprint])
+        real_registered, committing = graph.registered, [True]
+
+        @contextmanager
+        def other_writer_commits_first(*args: Any, **tables: Any) -> Iterator[None]:
+            if "tt_fresh_scores" in tables and committing:
+                holder.commit()  # inside the loser's write transaction, after its deletes
+                committing.clear()
+            with real_registered(*args, **tables):
+                yield
+
+        monkeypatch.setattr(graph, "registered", other_writer_commits_first)
+        assert refresh_scores(loser, catalog=catalog) == catalog.fingerprint
+
+        # The winner's row stands; the loser wrote nothing and its cursor reads on.
+        assert loser.execute("SELECT batch FROM blast_state").fetchall() == [(1000000,)]
 
 
 def test_scores_stored_under_the_keyed_table_of_version_7_are_dropped_and_recomputed(

@@ -1196,8 +1196,12 @@ def _read_only(conn: duckdb.DuckDBPyConnection) -> bool:
 
 
 # Two writers refreshing at once (the consumer's ScoreKeeper and a first ranking in the API)
-# conflict on the same rows; the loser finds the scores current when it looks again.
+# conflict on the same rows; the loser finds the scores current when it looks again. DuckDB
+# reports the conflict as a transaction conflict on a row both saw, and as a duplicate key when
+# the other writer committed a new catalog's `blast_state` row after this one's transaction
+# began (invisible to it, yet in the key's index): the first ranking of a fresh database.
 _REFRESH_ATTEMPTS: Final = 3
+_CONFLICTS: Final = (duckdb.TransactionException, duckdb.ConstraintException)
 
 
 def refresh_scores(conn: duckdb.DuckDBPyConnection, *, catalog: Catalog) -> str:
@@ -1206,7 +1210,7 @@ def refresh_scores(conn: duckdb.DuckDBPyConnection, *, catalog: Catalog) -> str:
     for attempt in range(_REFRESH_ATTEMPTS):
         try:
             _refresh(conn, catalog=catalog, fingerprint=fingerprint)
-        except duckdb.TransactionException:
+        except _CONFLICTS:
             if attempt == _REFRESH_ATTEMPTS - 1:
                 raise
         else:
