@@ -122,7 +122,7 @@ def test_a_first_refresh_that_loses_to_another_writer_finds_the_scores_current(
     # A fresh database: neither writer has stored scores for the catalog. The other writer's
     # refresh commits its `blast_state` row while this one's transaction is under way; DuckDB
     # then refuses this one's row as a duplicate key (seen in `make test`: GET /v1/tokens
-    # answered 500 while the consumer's ScoreKeeper refreshed).
+    # answered 503 while the consumer's ScoreKeeper refreshed).
     db = tmp_path / "audit.duckdb"
     ingest(tmp_path, db, "one.jsonl", events("one", 2))
     catalog = load_catalog(tmp_path / "catalog.toml")
